@@ -182,13 +182,15 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 stop_ids=(), phase_id=None, phase_temperature=None, generator=None, use_cache=True):
+                 stop_ids=(), phase_id=None, phase_temperature=None, generator=None, use_cache=True,
+                 vocab_limit=None):
         """Sample up to max_new_tokens continuations of idx (B, T), all rows at once.
 
         temperature 0 is greedy. A row stops after it emits one of stop_ids (its later positions
         are filled with the stop id and must be ignored). If phase_id is given, a row samples at
         `temperature` until it emits phase_id and at `phase_temperature` after that: the anchored
         model samples its annotation, then its response, each at its own temperature.
+        vocab_limit: ids >= it (the padding of a vocabulary rounded up to 64) are never sampled.
         Returns (new tokens (B, n), finished (B,) bool: whether the row emitted a stop id).
         """
         B = idx.size(0)
@@ -204,7 +206,8 @@ class GPT(nn.Module):
         out, step_in = [], idx
         for _ in range(max_new_tokens):
             logits, _ = self(step_in if use_cache else torch.cat([idx] + out, dim=1), cache=cache)
-            nxt = sample_next(logits[:, -1, :].float(), temp, top_k, top_p, generator)
+            logits = logits[:, -1, :vocab_limit].float()
+            nxt = sample_next(logits, temp, top_k, top_p, generator)
             if len(stop):
                 nxt = torch.where(done, stop[0], nxt)  # finished rows keep emitting padding
                 done |= torch.isin(nxt, stop)

@@ -9,7 +9,6 @@ Both arms use the same iterations, batch and block size, so compute is matched a
 tokens *replace* content tokens (paper, section 3: annotated pretraining).
 """
 import os
-import time
 
 import numpy as np
 import torch
@@ -17,8 +16,8 @@ import torch
 from common import UserError, main_guard
 from formats import load_meta
 from model import GPT, GPTConfig
-from training import (check_meta, load_checkpoint, model_from_checkpoint, padded_vocab, setup_device,
-                      train)
+from training import (check_meta, load_checkpoint, model_from_checkpoint, padded_vocab, resume_state,
+                      setup_device, train)
 
 # -----------------------------------------------------------------------------
 # default config (GPU-ish sizes live in config/; config/small.py is the laptop run)
@@ -104,7 +103,7 @@ def main():
     torch.manual_seed(seed + env['rank'])
     model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                       bias=bias, vocab_size=padded_vocab(meta), dropout=dropout)
-    state = dict(iter_num=0, best_val_loss=float('inf'), history=[], data_rng=None)
+    state = resume_state(None)
     ckpt = None
     if init_from == 'resume':
         ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
@@ -113,7 +112,7 @@ def main():
             raise UserError(f"{out_dir}/ckpt.pt is a '{ckpt.get('stage')}' checkpoint, not a pretraining one")
         model_args = ckpt['model_args']
         model = model_from_checkpoint(ckpt, env['device'])
-        state = {k: ckpt[k] for k in ('iter_num', 'best_val_loss', 'history', 'data_rng')}
+        state = resume_state(ckpt)
         torch.set_rng_state(ckpt['torch_rng'])
         if env['master']:
             print(f"resuming {out_dir} from iter {state['iter_num']}")
@@ -132,12 +131,7 @@ def main():
     extra = dict(stage='pretrain', model_args=model_args, config=config, annotated=annotated,
                  meta_fingerprint=meta['fingerprint'], data_dir=data_dir)
     cfg = dict(config, desc=f"pretrain {'annotated' if annotated else 'plain'}")
-    t0 = time.time()
-    state = train(model, optimizer, make_get_batch(env['device']), cfg, env, state, extra)
-    if env['master']:
-        last = [h for h in state['history'] if 'val_loss' in h][-1:]
-        val = f", val loss {last[0]['val_loss']:.4f}" if last else ''
-        print(f"done: {state['iter_num']} iters in {time.time() - t0:.0f}s{val} -> {out_dir}/ckpt.pt")
+    train(model, optimizer, make_get_batch(env['device']), cfg, env, state, extra)
     if env['ddp']:
         torch.distributed.destroy_process_group()
 

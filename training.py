@@ -110,6 +110,13 @@ def model_from_checkpoint(ckpt, device):
     return model.to(device)
 
 
+def resume_state(ckpt):
+    """The loop state of a fresh run (ckpt None) or of a checkpoint to resume."""
+    if ckpt is None:
+        return dict(iter_num=0, best_val_loss=float('inf'), history=[], data_rng=None)
+    return {k: ckpt[k] for k in ('iter_num', 'best_val_loss', 'history', 'data_rng')}
+
+
 def padded_vocab(meta):
     """Round the vocabulary up to a multiple of 64: faster matmuls (nanoGPT's 50304 trick)."""
     return (meta['vocab_size'] + 63) // 64 * 64
@@ -133,7 +140,6 @@ def train(model, optimizer, get_batch, cfg, env, state, ckpt_extra):
         raise UserError(f"gradient_accumulation_steps={accum} must be divisible by the {world} ranks")
     accum //= world  # each rank does its share of the micro-batches of one iteration
     my_micro = list(range(rank * accum, (rank + 1) * accum))
-    tokens_per_iter = accum * world * cfg['batch_size'] * cfg['block_size']
     ctx = autocast(device_type, cfg['dtype'])
     raw = model
     if cfg['compile']:
@@ -175,13 +181,14 @@ def train(model, optimizer, get_batch, cfg, env, state, ckpt_extra):
     it = state['iter_num']
     bar = tqdm(total=cfg['max_iters'], initial=it, disable=not master or not cfg['progress'],
                desc=cfg.get('desc', 'train'), dynamic_ncols=True)
-    t0 = time.time()
+    t0 = t_start = time.time()
     while it < cfg['max_iters']:
         lr = cosine_lr(it, cfg['learning_rate'], cfg['min_lr'], cfg['warmup_iters'], cfg['lr_decay_iters'])
         for group in optimizer.param_groups:
             group['lr'] = lr
         batches = get_batch('train', gen, my_micro)
         loss_sum = torch.zeros((), device=device)
+        tokens_per_iter = sum(x.numel() for x, _ in batches) * world  # SFT rows vary in length
         for i, (x, y) in enumerate(batches):
             if env['ddp']:  # sync gradients only on the last micro-step
                 model.require_backward_grad_sync = i == accum - 1
@@ -221,6 +228,10 @@ def train(model, optimizer, get_batch, cfg, env, state, ckpt_extra):
         else:
             state['history'].append(entry)
     bar.close()
+    if master:
+        val = [h['val_loss'] for h in state['history'] if 'val_loss' in h][-1:]
+        print(f"done: {it} iters in {time.time() - t_start:.0f}s"
+              + (f", val loss {val[0]:.4f}" if val else '') + f" -> {ckpt_path}")
     if env['ddp']:
         dist.barrier()
     return state
