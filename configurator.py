@@ -81,8 +81,11 @@ def coerce(key, value, default):
 
 
 def configure(g, argv=None):
-    """Apply config files and --key=value overrides from argv to the globals dict g."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Apply config files and --key=value overrides from argv to the globals dict g.
+    A stage imported as a module (by a test or another script) keeps its defaults: only the
+    script being run reads the command line."""
+    if argv is None:
+        argv = sys.argv[1:] if g.get('__name__') == '__main__' else []
     keys = config_keys(g)
     for arg in argv:
         if not arg.startswith('--'):
