@@ -1,0 +1,225 @@
+"""diversity.py: metrics on hand-made inputs with known answers, the collapse arithmetic, bad input,
+and one small end-to-end run with the bundled all-MiniLM-L6-v2 (CPU, offline)."""
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import diversity as dv  # noqa: E402
+
+OPENING = 'Here is a short article for you.'
+WORDS = {
+    'Cooking': 'recipe oven flour bake butter sugar dough kitchen simmer spice'.split(),
+    'Astronomy': 'planet star orbit telescope galaxy comet nebula moon eclipse cosmic'.split(),
+    'Football': 'goal striker match league referee penalty stadium keeper midfield tackle'.split(),
+}
+
+
+# -----------------------------------------------------------------------------
+# metrics
+
+def test_identical_samples_have_no_diversity():
+    emb = np.tile(np.array([[0.3, -1.2, 2.0, 0.5]]), (5, 1))
+    assert dv.dissimilarity(emb) == pytest.approx(0.0, abs=1e-9)
+    assert dv.vendi(emb) == pytest.approx(1.0, abs=1e-6)
+    assert dv.entropy_bits(['Arts'] * 5) == 0.0
+
+
+def test_orthogonal_samples():
+    emb = np.eye(4)  # cos = 0 for every pair: dissimilarity 1, vendi = n
+    assert dv.dissimilarity(emb) == pytest.approx(1.0)
+    assert dv.vendi(emb) == pytest.approx(4.0)
+
+
+def test_dissimilarity_worked_example():
+    # vectors at 0, 90 and 180 degrees: 1-cos = 1 (0,90), 2 (0,180), 1 (90,180) -> mean 4/3
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    assert dv.dissimilarity(emb) == pytest.approx(4 / 3)
+
+
+@pytest.mark.parametrize('k', [1, 2, 3, 4, 8])
+def test_entropy_of_k_equal_labels_is_log2_k(k):
+    labels = [f'c{i}' for i in range(k)] * 3
+    assert dv.entropy_bits(labels) == pytest.approx(math.log2(k))
+
+
+def test_entropy_worked_example():
+    # p = (1/2, 1/4, 1/4): 0.5*1 + 0.25*2 + 0.25*2 = 1.5 bits
+    assert dv.entropy_bits(['a', 'a', 'b', 'c']) == pytest.approx(1.5)
+
+
+def test_distinct2_worked_example():
+    # "the cat sat" -> (the cat) (cat sat); "the cat ran" -> (the cat) (cat ran): 3 distinct of 4
+    assert dv.distinct_n(['the cat sat', 'the cat ran']) == pytest.approx(3 / 4)
+    assert dv.distinct_n(['a b', 'a b', 'a b']) == pytest.approx(1 / 3)
+    assert dv.distinct_n(['one', '']) == 0.0  # no bigrams at all
+
+
+def test_gzip_diversity_higher_for_varied_text():
+    same = ['the quick brown fox jumps over the lazy dog'] * 20
+    varied = [' '.join(random.Random(i).sample(WORDS['Cooking'] + WORDS['Astronomy'], 9)) for i in range(20)]
+    assert dv.gzip_diversity(varied) > dv.gzip_diversity(same)
+    assert dv.gzip_diversity(['']) == 0.0
+
+
+def test_ann_values_first_wins():
+    assert dv.ann_values('topic:Arts entity:Mona_Lisa topic:Other') == {'topic': 'Arts', 'entity': 'Mona_Lisa'}
+    assert dv.ann_values(None) == {}
+
+
+def test_expected_entropy_for_n_draws():
+    rng = np.random.default_rng(0)
+    assert dv.expected_entropy([10], 8, rng) == 0.0  # one value: always 0 bits
+    # 2 equally likely values, n=2 draws: same value w.p. 1/2 (0 bits), different w.p. 1/2 (1 bit) -> 0.5
+    assert dv.expected_entropy([5, 5], 2, rng, reps=20000) == pytest.approx(0.5, abs=0.02)
+
+
+# -----------------------------------------------------------------------------
+# collapse definitions (DESIGN.md), numbers worked by hand
+
+def test_collapse_definitions():
+    d_base, d_sft, d_anch = 2.0, 1.0, 1.8
+    # collapse(sft) = (2.0 - 1.0) / 2.0 = 0.5; collapse(anchored) = (2.0 - 1.8) / 2.0 = 0.1
+    assert dv.collapse(d_base, d_sft) == pytest.approx(0.5)
+    assert dv.collapse(d_base, d_anch) == pytest.approx(0.1)
+    # collapse_ratio = 0.5 / 0.1 = 5 ("5x less collapse")
+    assert dv.collapse_ratio(0.5, 0.1) == pytest.approx(5.0)
+    # gap_closed = (1.8 - 1.0) / (2.0 - 1.0) = 0.8
+    assert dv.gap_closed(d_base, d_sft, d_anch) == pytest.approx(0.8)
+    assert dv.collapse(d_base, d_base) == 0.0
+
+
+def test_collapse_divisions_by_zero_do_not_crash():
+    assert math.isnan(dv.collapse(0.0, 0.0))
+    assert dv.collapse_ratio(0.5, 0.0) == math.inf
+    assert math.isnan(dv.gap_closed(1.0, 1.0, 1.0))
+    assert dv.fmt(math.nan) == 'n/a' and dv.fmt(math.inf) == 'inf'
+    assert dv.jsonable({'a': [math.nan, -math.inf, np.float32(0.5)]}) == {'a': ['nan', '-inf', 0.5]}
+
+
+def test_collapse_on_arrays_of_resamples():
+    out = dv.collapse(np.array([2.0, 4.0]), np.array([1.0, 1.0]))
+    assert np.allclose(out, [0.5, 0.75])
+
+
+def test_bootstrap_ci_contains_point_estimate():
+    rng = np.random.default_rng(1)
+    vals = rng.normal(3.0, 1.0, size=50)
+    idx = rng.integers(0, 50, size=(1000, 50))
+    lo, hi = dv.ci95(vals[idx].mean(axis=1))
+    assert lo < vals.mean() < hi
+    assert hi - lo < 1.5
+    assert all(math.isnan(x) for x in dv.ci95([math.nan, math.nan]))
+
+
+def test_headline_sentence_is_truthful():
+    s = dv.headline_sentence('entropy_topic', 5.0, [3.0, 9.0], 0.8, [0.6, 0.9], 0.5, 0.1)
+    assert s.startswith('anchored shows 5.0x [3.0, 9.0] less collapse than SFT on entropy_topic '
+                        '(gap closed: 80% [60%, 90%])')
+    assert 'reversed' in dv.headline_sentence('d', 0.5, [0.2, 0.9], -1.0, [-2, 0], 0.1, 0.2)
+    assert 'weak' in dv.headline_sentence('d', 1.5, [0.8, 3.0], 0.3, [-0.1, 0.6], 0.3, 0.2)
+    assert 'no collapse' in dv.headline_sentence('d', -2.0, [-5, 3], 0.1, [0, 0.2], -0.1, 0.05)
+
+
+# -----------------------------------------------------------------------------
+# the script: bad input and an end-to-end run
+
+def doc(topic, rng, n=14):
+    return ' '.join(rng.choice(WORDS[topic]) for _ in range(n)) + '.'
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp('data')
+    rng = random.Random(0)
+    meta = dict(annotation_keys=['topic', 'entity'], categorical_keys=['topic'], assistant_opening=OPENING)
+    (d / 'meta.json').write_text(json.dumps(meta))
+    rows = [dict(text=doc(t, rng), annotation=f'topic:{t} entity:Thing_{i}')
+            for i in range(42) for t in [list(WORDS)[i % 3]]]
+    (d / 'heldout.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    return d
+
+
+def write_samples(path, topics_per_prompt, annotated, opening=True, prompts=('p1', 'p2', 'p3')):
+    rng = random.Random(str(path))
+    rows = []
+    for p in prompts:
+        for j, t in enumerate(topics_per_prompt):
+            text = (OPENING + '\n' if opening else '') + doc(t, rng)
+            rows.append(dict(prompt_id=p, prompt=f'write about {p}', sample_id=j,
+                             annotation=f'topic:{t} entity:X_{j}' if annotated else None,
+                             text=text, tokens=len(text.split()), finished=True))
+    path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    return path
+
+
+def run(tmp_path, data_dir, samples, *extra):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'diversity.py'), f'--samples={samples}',
+                           f'--data_dir={data_dir}', f'--out_dir={tmp_path / "report"}', *extra],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def assert_one_line_error(r, words):
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error:'), r.stderr
+    assert words in lines[0]
+
+
+def test_missing_field(tmp_path, data_dir):
+    good = write_samples(tmp_path / 'a.jsonl', ['Cooking', 'Football'], False)
+    rows = [json.loads(x) for x in good.read_text().splitlines()]
+    del rows[2]['text']
+    bad = tmp_path / 'b.jsonl'
+    bad.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    r = run(tmp_path, data_dir, f'base={good},sft={bad}')
+    assert_one_line_error(r, "no field 'text'")
+    assert not (tmp_path / 'report').exists()
+
+
+def test_empty_file(tmp_path, data_dir):
+    good = write_samples(tmp_path / 'a.jsonl', ['Cooking', 'Football'], False)
+    (tmp_path / 'empty.jsonl').write_text('')
+    assert_one_line_error(run(tmp_path, data_dir, f'base={good},sft={tmp_path / "empty.jsonl"}'), 'empty')
+
+
+def test_different_prompt_sets(tmp_path, data_dir):
+    a = write_samples(tmp_path / 'a.jsonl', ['Cooking', 'Football'], False)
+    b = write_samples(tmp_path / 'b.jsonl', ['Cooking', 'Football'], False, prompts=('p1', 'p2', 'p9'))
+    assert_one_line_error(run(tmp_path, data_dir, f'base={a},sft={b}'), 'different prompt ids')
+
+
+def test_bad_samples_spec(tmp_path, data_dir):
+    assert_one_line_error(run(tmp_path, data_dir, 'out/x.jsonl'), 'arm=path')
+    assert_one_line_error(run(tmp_path, data_dir, f'base={tmp_path}/nope.jsonl'), 'not found')
+
+
+def test_end_to_end(tmp_path, data_dir):
+    topics = list(WORDS)
+    base = write_samples(tmp_path / 'base.jsonl', [topics[i % 3] for i in range(6)], False, opening=False)
+    sft = write_samples(tmp_path / 'sft.jsonl', ['Cooking'] * 5 + ['Football'], False)
+    anch = write_samples(tmp_path / 'anch.jsonl', [topics[i % 3] for i in range(5)] + ['Cooking'], True)
+    t08 = write_samples(tmp_path / 't08.jsonl', ['Cooking'] * 6, False)
+    r = run(tmp_path, data_dir, f'base={base},sft={sft},anchored={anch},sft@t0.8={t08}', '--bootstrap=200')
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / 'report'
+    md = (out / 'report.md').read_text()
+    assert '| arm | samples/prompt | entropy_topic | dissimilarity | vendi | distinct2 | gzip |' in md
+    assert 'anchored shows ' in md and 'less collapse than SFT on entropy_topic (gap closed: ' in md
+    rep = json.loads((out / 'report.json').read_text())
+    m = rep['arms']
+    assert m['base']['metrics']['format_rate']['mean'] == 0.0 and m['sft']['metrics']['quality']['mean'] == 1.0
+    # distinctive words: the judge should separate the 3 topics, and base is more diverse than sft
+    assert rep['judge']['topic']['accuracy'] >= 0.8
+    assert m['base']['metrics']['entropy_topic']['mean'] > m['sft']['metrics']['entropy_topic']['mean']
+    assert 'fidelity_topic' in m['anchored']['metrics'] and 'ann_entropy_topic' not in m['sft']['metrics']
+    assert rep['collapse']['entropy_topic']['gap_closed']['value'] > 0.5
+    assert (out / 'diversity_quality.png').stat().st_size > 1000
+    assert list((out / 'cache').glob('heldout-*.npy'))
