@@ -12,13 +12,15 @@ data but its annotation distribution R(z|x) stays the broad one of pretraining (
 In a small fraction of rows (paper: 0.3%) the keys and delimiters of z are supervised too, to keep
 the annotation format stable; the values stay masked. Same loop, DDP and checkpoints as pretrain.py.
 """
+import math
 import os
 import random
+from collections import Counter
 
 import torch
 
-from common import UserError, main_guard, read_jsonl
-from formats import IGNORE, load_meta, load_tokenizer, sft_example
+from common import UserError, main_guard, read_jsonl, write_json
+from formats import IGNORE, load_meta, load_tokenizer, parse_annotation, sft_example
 from training import (check_meta, load_checkpoint, model_from_checkpoint, resume_state, setup_device,
                       train)
 
@@ -30,6 +32,8 @@ out_dir = 'out/sft'
 data_dir = ''  # '' = the data dir the pretrained checkpoint was trained on
 method = 'sft'  # 'sft' (standard) or 'anchor' (annotation-anchored)
 key_fraction = 0.003  # anchored: fraction of rows whose annotation keys are supervised (paper: 0.3%)
+sft_topics = ''  # keep only rows whose annotation value of meta's sft_key is one of these ('' = all):
+sft_max_rows = 0  # and at most this many (0 = all); together: SFT sets of chosen semantic entropy
 init_from = 'pretrained'  # 'pretrained' (from init_dir) or 'resume' (from out_dir)
 sft_iters = 300
 sft_batch_size = 16
@@ -58,8 +62,10 @@ config = configure(globals())
 # -----------------------------------------------------------------------------
 
 
-def load_rows(path, enc, sp, block_size, anchored, rng, what):
-    """Encode SFT rows (ids, targets); drop rows longer than block_size and say how many."""
+def load_rows(path, enc, sp, block_size, anchored, rng, what, sft_key):
+    """Encoded SFT rows [(ids, targets)] and their sft_key values. Rows of other topics than
+    sft_topics and rows longer than block_size are dropped (with a count), then at most
+    sft_max_rows are kept."""
     rows = read_jsonl(path, what)
     for i, r in enumerate(rows):
         missing = [k for k in ('prompt', 'response') + (('annotation',) if anchored else ()) if k not in r]
@@ -67,25 +73,28 @@ def load_rows(path, enc, sp, block_size, anchored, rng, what):
             raise UserError(f"{path}: row {i + 1} has no {', '.join(missing)} field")
     if anchored and not any(r.get('annotation') for r in rows):
         raise UserError(f"method='anchor' needs annotated SFT rows, but {path} has no annotations")
-    # key rows: the paper's 0.3%, at least one row so the keys are seen at all on a small set
-    n_key = max(1, round(len(rows) * key_fraction)) if anchored and key_fraction > 0 else 0
-    key_rows = set(rng.sample(range(len(rows)), min(n_key, len(rows))))
-    out = []
-    for i, r in enumerate(rows):
-        ids, targets = sft_example(enc, sp, r['prompt'], r['response'],
-                                   r.get('annotation') if anchored else None, key_row=i in key_rows)
-        # a row must fit in its anchored form under both methods, so that the sft and the anchor
-        # arms learn from exactly the same responses
-        longest = ids if anchored or not r.get('annotation') else sft_example(
-            enc, sp, r['prompt'], r['response'], r['annotation'])[0]
-        if len(longest) <= block_size:
-            out.append((ids, targets))
-    dropped = len(rows) - len(out)
-    if not out:
+    topic = lambda r: dict(parse_annotation(r.get('annotation'))).get(sft_key)
+    allowed = {'_'.join(v.split()) for v in sft_topics.split(',') if v.strip()}
+    if allowed:
+        rows = [r for r in rows if topic(r) in allowed]
+        if not rows:
+            raise UserError(f"no row of {path} has {sft_key} in {sorted(allowed)}")
+    # a row must fit in its anchored form under both methods, so that the sft and the anchor arms
+    # learn from exactly the same responses
+    fits = [r for r in rows if len(sft_example(enc, sp, r['prompt'], r['response'], r.get('annotation'))[0])
+            <= block_size]
+    if not fits:
         raise UserError(f"all {len(rows)} rows of {path} are longer than block_size={block_size}")
-    if dropped:
-        print(f"{path}: dropped {dropped} of {len(rows)} rows longer than block_size={block_size}")
-    return out
+    if len(fits) < len(rows):
+        print(f"{path}: dropped {len(rows) - len(fits)} of {len(rows)} rows longer than block_size={block_size}")
+    if sft_max_rows and len(fits) > sft_max_rows:
+        fits = random.Random(seed).sample(fits, sft_max_rows)
+    # key rows: the paper's 0.3%, at least one row so the keys are seen at all on a small set
+    n_key = max(1, round(len(fits) * key_fraction)) if anchored and key_fraction > 0 else 0
+    key_rows = set(rng.sample(range(len(fits)), min(n_key, len(fits))))
+    out = [sft_example(enc, sp, r['prompt'], r['response'], r.get('annotation') if anchored else None,
+                       key_row=i in key_rows) for i, r in enumerate(fits)]
+    return out, [topic(r) for r in fits]
 
 
 def make_get_batch(rows, device):
@@ -134,8 +143,10 @@ def main():
     model_args = dict(ckpt['model_args'], dropout=dropout)
     block_size = model_args['block_size']
     rng = random.Random(seed)
-    rows = {split: load_rows(os.path.join(ddir, f'sft_{split}.jsonl'), enc, sp, block_size, anchored, rng,
-                             f'SFT {split} set') for split in ('train', 'val')}
+    rows, topics = {}, {}
+    for split in ('train', 'val'):
+        rows[split], topics[split] = load_rows(os.path.join(ddir, f'sft_{split}.jsonl'), enc, sp, block_size,
+                                               anchored, rng, f'SFT {split} set', meta.get('sft_key'))
     torch.manual_seed(seed + env['rank'])
     ckpt['model_args'] = model_args
     model = model_from_checkpoint(ckpt, env['device'])
@@ -147,6 +158,11 @@ def main():
         torch.set_rng_state(ckpt['torch_rng'])
     if env['master']:
         os.makedirs(out_dir, exist_ok=True)
+        # the semantic entropy of the post-training data: what SFT's output entropy tracks (paper)
+        counts = Counter(topics['train'])
+        write_json(os.path.join(out_dir, 'sft_set.json'), dict(
+            rows=len(rows['train']), sft_key=meta.get('sft_key'), counts=dict(counts),
+            entropy_bits=sum(-c / len(rows['train']) * math.log2(c / len(rows['train'])) for c in counts.values()) + 0.0))
         epochs = sft_iters * sft_batch_size * gradient_accumulation_steps / len(rows['train'])
         print(f"{method} SFT of {init_dir if init_from == 'pretrained' else out_dir}: {len(rows['train'])} rows, "
               f"{sft_iters} iters ({epochs:.1f} epochs) on {env['device']} x{env['world']}")

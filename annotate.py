@@ -17,6 +17,7 @@ import os
 import random
 import re
 import time
+from collections import Counter
 
 import datasets
 import numpy as np
@@ -29,7 +30,8 @@ from formats import (SPECIALS, DEFAULT_PATTERN, encode_annotation, fingerprint, 
 # default config
 # corpus
 dataset = 'wiki'  # 'wiki' (embedded), local file(s)/dir (.json .jsonl .parquet .txt, comma-separated), or a HF hub name
-hf_split = 'train'  # split of a hub dataset
+hf_split = 'train'  # split of a hub dataset (slices work: 'train[:100000]')
+hf_config = ''  # config (subset) name of a hub dataset, e.g. 'sample-10BT' for FineWeb-Edu
 text_column = ''  # '' = 'extract' for wiki, 'text' otherwise
 text_sample_by = 'paragraph'  # .txt files: one row per 'line', 'paragraph' or 'document'
 max_docs = 0  # use the first max_docs documents (0 = all)
@@ -44,7 +46,7 @@ tokenizer = 'bpe'  # 'bpe' (rustbpe, trained here) or 'gpt2' (tiktoken, needs a 
 vocab_size = 4096  # bpe: total ids including the special tokens
 # splits (document level)
 sft_key = 'topic'  # the SFT set is the narrow slice of documents whose annotation sft_key ...
-sft_values = 'Arts,Technology'  # ... is one of these (comma-separated; '' = any document)
+sft_values = 'Arts,Technology'  # ... is one of these (comma-separated; 'top:K' = its K most common values; '' = any)
 sft_docs = 400  # held out from pretraining for SFT training
 sft_val_docs = 40  # and for SFT validation
 heldout_docs = 1000  # held out from pretraining, all topics: reference texts for the evaluation judge
@@ -124,7 +126,7 @@ def load_corpus():
     files = local_files(dataset)
     try:
         if files is None:
-            return datasets.load_dataset(dataset, split=hf_split), []
+            return datasets.load_dataset(dataset, hf_config or None, split=hf_split), []
         kind = TEXT_EXTS[os.path.splitext(files[0])[1]]
         kw = {'sample_by': text_sample_by} if kind == 'text' else {}
         return datasets.load_dataset(kind, data_files=files, split='train', **kw), files
@@ -187,11 +189,18 @@ def build_docs(ds, tcol):
 
 
 def split_docs(docs):
-    """Document-level splits: SFT (the narrow slice), judge hold-out (all topics), pretraining."""
+    """Document-level splits: SFT (the narrow slice), judge hold-out (all topics), pretraining;
+    and the sft_key values of the SFT slice."""
     rng = random.Random(seed)
     norm = lambda v: '_'.join(v.split())  # annotation values have '_' for spaces
-    wanted = [norm(v) for v in sft_values.split(',') if v.strip()]
     values = [{v for z in d['annotations'] for k, v in parse_annotation(z) if k == sft_key} for d in docs]
+    if sft_values.startswith('top:'):  # for a corpus whose label values you do not know by heart
+        if not sft_values[4:].isdigit():
+            raise UserError(f"sft_values '{sft_values}': expected top:K with a whole number K")
+        counts = Counter(v for vs in values for v in vs)
+        wanted = [v for v, _ in counts.most_common(int(sft_values[4:]))]
+    else:
+        wanted = [norm(v) for v in sft_values.split(',') if v.strip()]
     if wanted:
         seen = set().union(*values)
         if not seen:
@@ -215,7 +224,7 @@ def split_docs(docs):
         raise UserError(f"too few documents ({len(docs)}) for sft_docs={sft_docs}, sft_val_docs={sft_val_docs}, "
                         f"heldout_docs={heldout_docs} and a pretraining train/val split")
     return {'train': sorted(pre[n_val:]), 'val': sorted(pre[:n_val]), 'sft_train': sft, 'sft_val': sft_val,
-            'heldout': heldout}
+            'heldout': heldout}, wanted
 
 
 def train_tokenizer(texts, data_dir):
@@ -295,7 +304,7 @@ def main():
         ds = ds.select(range(min(max_docs, len(ds))))
     print(f"annotating {len(ds)} documents ({annotator}) ...")
     docs = build_docs(ds, tcol)
-    splits = split_docs(docs)
+    splits, sft_slice = split_docs(docs)
     datasets.enable_progress_bars()
 
     # a stale meta.json would make a half-rewritten dir look complete: it goes first, comes back last
@@ -356,7 +365,7 @@ def main():
             'special_tokens': special_tokens, 'annotation_keys': annotation_keys,
             'categorical_keys': [k for k in annotation_keys if 2 <= len(key_values[k]) <= max_categories],
             'annotator': annotator, 'sft_key': sft_key,
-            'sft_values': [v.strip() for v in sft_values.split(',') if v.strip()],
+            'sft_values': sft_slice,
             'assistant_opening': assistant_opening,
             'max_annotation_tokens': max(len(encode_annotation(enc, z)[0]) + 2 for z in all_z),
             'fingerprint': tok_meta['fingerprint'],

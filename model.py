@@ -183,7 +183,7 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                  stop_ids=(), phase_id=None, phase_temperature=None, generator=None, use_cache=True,
-                 vocab_limit=None):
+                 vocab_limit=None, forced=None):
         """Sample up to max_new_tokens continuations of idx (B, T), all rows at once.
 
         temperature 0 is greedy. A row stops after it emits one of stop_ids (its later positions
@@ -191,6 +191,8 @@ class GPT(nn.Module):
         `temperature` until it emits phase_id and at `phase_temperature` after that: the anchored
         model samples its annotation, then its response, each at its own temperature.
         vocab_limit: ids >= it (the padding of a vocabulary rounded up to 64) are never sampled.
+        forced: optional (B, F) ids that rows emit instead of sampling at steps 0..F-1 (-1: sample),
+        e.g. an annotation drawn from another model, of a different length in every row.
         Returns (new tokens (B, n), finished (B,) bool: whether the row emitted a stop id).
         """
         B = idx.size(0)
@@ -208,6 +210,9 @@ class GPT(nn.Module):
             logits, _ = self(step_in if use_cache else torch.cat([idx] + out, dim=1), cache=cache)
             logits = logits[:, -1, :vocab_limit].float()
             nxt = sample_next(logits, temp, top_k, top_p, generator)
+            if forced is not None and len(out) < forced.size(1):
+                f = forced[:, len(out)]
+                nxt = torch.where(f >= 0, f, nxt)
             if len(stop):
                 nxt = torch.where(done, stop[0], nxt)  # finished rows keep emitting padding
                 done |= torch.isin(nxt, stop)

@@ -6,6 +6,7 @@ Sample from any checkpoint (pretrained base, sft or anchor) into a JSONL file, o
     python sample.py --ckpt_dir=out/anchored --annotation_temperature=1.0 --temperature=0.8
     python sample.py --ckpt_dir=out/anchored --annotation=topic:Arts    # pin fields, sample the rest
     python sample.py --ckpt_dir=out/anchored --no_annotation=True       # ablation: no anchor
+    python sample.py --ckpt_dir=out/anchored --annotation_from=out/annotated   # z from the pretrained prior
 
 What is sampled depends on the checkpoint:
 - base (pretrained): the prompt is ignored and a document is sampled from <|bos|>; an annotated base
@@ -16,6 +17,7 @@ What is sampled depends on the checkpoint:
   its own field and is never part of `text` (paper, inference).
 All samples of a prompt are generated at once, batched, with the KV cache.
 """
+import itertools
 import os
 import time
 
@@ -41,6 +43,8 @@ top_k = 0  # 0 = off
 top_p = 1.0  # 1.0 = off
 annotation = ''  # anchored: pin these fields, e.g. 'topic:Arts'; the model completes the rest
 no_annotation = False  # anchored ablation: force an empty annotation
+annotation_from = ''  # anchored: draw the annotation from this annotated *pretrained* checkpoint dir,
+#                       i.e. from the prior R(z) that anchored SFT means to keep, then the response
 seed = 1337
 device = 'auto'
 dtype = 'auto'
@@ -97,6 +101,30 @@ def split_sample(ids, mode, annotated, sp, enc, stops):
     return ann, decode(ids), finished
 
 
+def load_prior(ckpt, meta, device):
+    """The annotated pretrained model whose annotation distribution R(z) anchored SFT means to keep."""
+    prior = load_checkpoint(os.path.join(annotation_from, 'ckpt.pt'), device)
+    if prior.get('stage') != 'pretrain' or not prior.get('annotated'):
+        raise UserError(f"--annotation_from={annotation_from} is not an annotated pretrained checkpoint")
+    if prior.get('meta_fingerprint') != ckpt.get('meta_fingerprint'):
+        raise UserError(f"--annotation_from={annotation_from} was trained on another tokenizer/format")
+    return model_from_checkpoint(prior, device).eval()
+
+
+def prior_annotations(prior, n, sp, temp, gen, meta, env):
+    """n annotations sampled from <|bos|><|ann|> of the prior, each followed by <|text|>, as the
+    (n, F) forced ids of model.generate (-1 pads rows with a shorter annotation)."""
+    idx = torch.tensor([[sp[BOS], sp[ANN]]] * n, dtype=torch.long, device=env['device'])
+    with autocast(env['device_type'], dtype):
+        z, _ = prior.generate(idx, 2 * meta['max_annotation_tokens'], temperature=temp, top_k=top_k or None,
+                              top_p=top_p, stop_ids=[sp[TEXT], sp[BOS], sp[ANN]], generator=gen,
+                              vocab_limit=meta['vocab_size'])
+    stops = {sp[TEXT], sp[BOS], sp[ANN]}
+    rows = [[t for t in itertools.takewhile(lambda t: t not in stops, row)] + [sp[TEXT]] for row in z.tolist()]
+    width = max(map(len, rows))
+    return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=env['device'])
+
+
 def main():
     env = setup_device(device)
     ckpt = load_checkpoint(os.path.join(ckpt_dir, 'ckpt.pt'), env['device'])
@@ -105,12 +133,14 @@ def main():
     meta = load_meta(ddir)
     check_meta(ckpt, meta, ddir)
     annotated = bool(ckpt.get('annotated'))
-    if (annotation or no_annotation) and mode != 'anchor':
-        raise UserError(f"--annotation/--no_annotation need an anchor checkpoint; {ckpt_dir} is '{mode}'")
-    if annotation and no_annotation:
-        raise UserError("--annotation and --no_annotation exclude each other")
+    if (annotation or no_annotation or annotation_from) and mode != 'anchor':
+        raise UserError(f"--annotation/--no_annotation/--annotation_from need an anchor checkpoint; "
+                        f"{ckpt_dir} is '{mode}'")
+    if sum(map(bool, (annotation, no_annotation, annotation_from))) > 1:
+        raise UserError("--annotation, --no_annotation and --annotation_from exclude each other")
     if annotation and not parse_annotation(annotation):
         raise UserError(f"--annotation='{annotation}' has no key:value field")
+    prior = load_prior(ckpt, meta, env['device']) if annotation_from else None
     enc, sp = load_tokenizer(ddir, meta), meta['special_tokens']
     rows = read_jsonl(prompts or os.path.join(ddir, 'eval_prompts.jsonl'), 'prompts file')
     if any('prompt' not in r for r in rows):
@@ -120,21 +150,24 @@ def main():
     ann_temp = temperature if annotation_temperature < 0 else annotation_temperature
     out_path = out or os.path.join(ckpt_dir, 'samples.jsonl')
     samples, n_tokens, t0 = [], 0, time.time()
-    bar = tqdm(total=len(rows) * num_samples, desc=f'sample {mode}', disable=not progress, dynamic_ncols=True)
-    for pid, r in enumerate(rows):
-        pid = r.get('prompt_id', pid)
-        prefix, stops, phase_id = plan(mode, annotated, enc, sp, r['prompt'])
+    plans = [plan(mode, annotated, enc, sp, r['prompt']) for r in rows]
+    for i, (prefix, _, _) in enumerate(plans):  # every prompt is checked before any work
         if len(prefix) >= block:
-            raise UserError(f"prompt {pid} is {len(prefix)} tokens, it does not fit block_size={block}")
+            raise UserError(f"prompt {rows[i].get('prompt_id', i)} is {len(prefix)} tokens, "
+                            f"it does not fit block_size={block}")
+    bar = tqdm(total=len(rows) * num_samples, desc=f'sample {mode}', disable=not progress, dynamic_ncols=True)
+    for pid, (r, (prefix, stops, phase_id)) in enumerate(zip(rows, plans)):
+        pid = r.get('prompt_id', pid)
         gen = torch.Generator(env['device']).manual_seed(seed + int(pid) if str(pid).isdigit() else seed)
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             idx = torch.tensor([prefix] * n, dtype=torch.long, device=env['device'])
+            forced = None if prior is None else prior_annotations(prior, n, sp, ann_temp, gen, meta, env)
             with autocast(env['device_type'], dtype):
                 new, _ = model.generate(idx, max_new_tokens, temperature=ann_temp if phase_id else temperature,
                                         top_k=top_k or None, top_p=top_p, stop_ids=stops, phase_id=phase_id,
                                         phase_temperature=temperature, generator=gen, use_cache=use_cache,
-                                        vocab_limit=meta['vocab_size'])
+                                        vocab_limit=meta['vocab_size'], forced=forced)
             for j, ids in enumerate(new.tolist()):
                 ann, text, finished = split_sample(ids, mode, annotated, sp, enc, stops)
                 length = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))

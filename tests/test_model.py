@@ -97,3 +97,16 @@ def test_mfu_formula():
     # at exactly flops_per_token * tokens FLOP/s of peak, MFU is 100%
     fpt = m.flops_per_token()
     assert abs(m.estimate_mfu(1000, 1.0, fpt * 1000) - 1.0) < 1e-9
+
+
+def test_forced_tokens_replace_samples_per_row():
+    m = tiny()
+    idx = torch.randint(97, (3, 4))
+    forced = torch.tensor([[5, 6, -1], [7, -1, -1], [-1, -1, -1]])
+    new, _ = m.generate(idx, 8, temperature=0, forced=forced)
+    assert new[0, :2].tolist() == [5, 6] and new[1, 0].item() == 7
+    # the rest continues from the forced context, as if those tokens had been the prompt
+    cont, _ = m.generate(torch.cat([idx[:1], torch.tensor([[5, 6]])], 1), 6, temperature=0)
+    assert torch.equal(new[0, 2:], cont[0])
+    free, _ = m.generate(idx[2:], 8, temperature=0)
+    assert torch.equal(new[2], free[0])

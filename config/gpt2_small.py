@@ -1,0 +1,27 @@
+# GPU model family, largest: GPT-2 small, 12 layers x 768 wide (width/depth = 64). See config/gpt_l6.py.
+# 88.1M parameters (4096-id vocabulary; 124M with GPT-2's 50k) x 20 tokens/parameter = 1.76B tokens
+# = 3361 iterations of 16 x 1024 x 32 = 524k tokens (nanoGPT's ~0.5M-token batch).
+#   torchrun --standalone --nproc_per_node=8 pretrain.py config/simplestories.py config/gpt2_small.py
+n_layer = 12
+n_head = 12
+n_embd = 768
+block_size = 1024
+batch_size = 16
+gradient_accumulation_steps = 32
+max_iters = 3361
+lr_decay_iters = 3361
+warmup_iters = 200
+learning_rate = 6e-4
+min_lr = 6e-5
+eval_interval = 250
+eval_iters = 50
+log_interval = 10
+device = 'cuda'
+dtype = 'bfloat16'
+compile = True
+sft_iters = 300
+sft_batch_size = 32
+sft_learning_rate = 1e-4
+sft_min_lr = 1e-5
+sft_warmup_iters = 20
+sft_eval_interval = 100

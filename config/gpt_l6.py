@@ -1,0 +1,29 @@
+# GPU model family, smallest: 6 layers x 384 wide (width/depth = 64, as gpt_l8 and gpt2_small).
+# Combine with a data config, which comes first: the model config overrides nothing of it.
+#   torchrun --standalone --nproc_per_node=8 pretrain.py config/simplestories.py config/gpt_l6.py
+# 12.2M parameters (4096-id vocabulary) x 20 tokens/parameter (Chinchilla, as in the paper) = 244M
+# tokens = 1861 iterations of 16 x 1024 x 8 = 131k tokens.
+n_layer = 6
+n_head = 6
+n_embd = 384
+block_size = 1024
+batch_size = 16  # per GPU micro-batch
+gradient_accumulation_steps = 8  # over all GPUs: divisible by 1, 2, 4, 8
+max_iters = 1861
+lr_decay_iters = 1861
+warmup_iters = 100
+learning_rate = 1.5e-3
+min_lr = 1.5e-4
+eval_interval = 250
+eval_iters = 50
+log_interval = 10
+device = 'cuda'
+dtype = 'bfloat16'
+compile = True
+# SFT of the same model
+sft_iters = 300
+sft_batch_size = 32
+sft_learning_rate = 3e-4
+sft_min_lr = 3e-5
+sft_warmup_iters = 20
+sft_eval_interval = 100

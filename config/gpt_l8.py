@@ -1,0 +1,25 @@
+# GPU model family, middle: 8 layers x 512 wide (width/depth = 64). See config/gpt_l6.py for usage.
+# 27.3M parameters x 20 tokens/parameter = 545M tokens = 2081 iterations of 16 x 1024 x 16 = 262k tokens.
+n_layer = 8
+n_head = 8
+n_embd = 512
+block_size = 1024
+batch_size = 16
+gradient_accumulation_steps = 16
+max_iters = 2081
+lr_decay_iters = 2081
+warmup_iters = 150
+learning_rate = 1e-3
+min_lr = 1e-4
+eval_interval = 250
+eval_iters = 50
+log_interval = 10
+device = 'cuda'
+dtype = 'bfloat16'
+compile = True
+sft_iters = 300
+sft_batch_size = 32
+sft_learning_rate = 2e-4
+sft_min_lr = 2e-5
+sft_warmup_iters = 20
+sft_eval_interval = 100

@@ -1,0 +1,160 @@
+"""anchor_sft.py and sample.py on a tiny corpus: masks in real batches, refusals, sampling modes."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL, one_error_line, run
+from formats import ANN, IGNORE, TEXT, load_meta, load_tokenizer, sft_example
+
+SFT = ['--sft_iters=4', '--sft_eval_interval=4', '--eval_iters=1', '--sft_batch_size=4', '--progress=False',
+       '--device=cpu', '--log_interval=1']
+
+
+@pytest.fixture(scope='module')
+def ckpts(tiny_data, tmp_path_factory):
+    """Pretrained plain/annotated, and sft/anchor post-trained checkpoints (tiny, a few iters)."""
+    root = tmp_path_factory.mktemp('runs')
+    common = [f'--data_dir={tiny_data}', '--max_iters=20', '--eval_interval=20', '--eval_iters=1',
+              '--learning_rate=3e-3', *TINY_MODEL, '--block_size=256']
+    run('pretrain.py', *common, f'--out_dir={root / "base"}')
+    run('pretrain.py', *common, f'--out_dir={root / "annotated"}', '--annotated=True')
+    r = run('anchor_sft.py', '--method=sft', f'--init_dir={root / "base"}', f'--out_dir={root / "sft"}', *SFT)
+    assert 'done: 4 iters' in r.stdout
+    run('anchor_sft.py', '--method=anchor', f'--init_dir={root / "annotated"}', f'--out_dir={root / "anchor"}', *SFT)
+    return root
+
+
+def test_anchored_batch_supervises_exactly_response_and_key_rows(tiny_data):
+    """A real padded batch from anchor_sft's batcher, with the real tokenizer, position by position:
+    prompt and annotation masked; in the key row also <|ann|>, the keys, separators and <|text|>."""
+    import anchor_sft
+    from formats import ASSISTANT, BOS, END, USER, encode, encode_annotation
+    meta = load_meta(tiny_data)
+    enc, sp = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    prompt, z, resp = 'Hi there.', 'topic:Arts entity:Mona_Lisa', 'Sure!\nA poem.'
+    p_ids, (z_ids, is_value), y_ids = encode(enc, prompt), encode_annotation(enc, z), encode(enc, resp)
+    ids = [sp[BOS], sp[USER]] + p_ids + [sp[ASSISTANT], sp[ANN]] + z_ids + [sp[TEXT]] + y_ids + [sp[END]]
+    rows = [sft_example(enc, sp, prompt, resp, z, key_row=k) for k in (False, True)]
+    rows.append(sft_example(enc, sp, 'Hi.', 'Ok.'))  # shorter standard row: gets padded
+    anchor_sft.sft_batch_size = 3
+    get_batch = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu')
+    x, y = get_batch('train', torch.Generator().manual_seed(0), [0])[0]
+    assert x.shape == (3, len(ids))
+    n_prefix = 2 + len(p_ids) + 1  # <|bos|> <|user|> x <|assistant|>
+    for b in range(3):
+        row = [r for r in rows if x[b, :len(r[0])].tolist() == r[0]][0]
+        assert (x[b, len(row[0]):] == 0).all() and (y[b, len(row[1]):] == IGNORE).all()  # padding
+        if len(row[0]) != len(ids):
+            continue
+        key_row = row is rows[1]
+        assert row[0] == ids
+        for pos in range(len(ids) - 1):
+            tok = pos + 1  # y[b, pos] is the label of token ids[pos + 1]
+            if tok < n_prefix:
+                want = False  # the prompt
+            elif tok == n_prefix:
+                want = key_row  # <|ann|>
+            elif tok <= n_prefix + len(z_ids):
+                want = key_row and not is_value[tok - n_prefix - 1]  # keys yes, values never
+            elif tok == n_prefix + len(z_ids) + 1:
+                want = key_row  # <|text|>
+            else:
+                want = True  # the response and <|end|>
+            assert y[b, pos].item() == (ids[tok] if want else IGNORE), (b, pos, key_row)
+    assert any(is_value) and not all(is_value)
+
+
+def test_sft_outputs(ckpts):
+    ck = torch.load(ckpts / 'anchor' / 'ckpt.pt', weights_only=False)
+    assert ck['stage'] == 'sft' and ck['method'] == 'anchor' and ck['iter_num'] == 4
+    s = json.load(open(ckpts / 'anchor' / 'sft_set.json'))
+    assert s['rows'] > 0 and s['sft_key'] == 'topic' and 0 < s['entropy_bits'] <= 1.0001  # two topics
+
+
+def test_sft_refusals(tiny_data, ckpts, tmp_path):
+    base = [f'--init_dir={ckpts / "base"}', f'--out_dir={tmp_path / "o"}', *SFT]
+    one_error_line(run('anchor_sft.py', *base, '--method=magic', check=False), "method must be 'sft' or 'anchor'")
+    # a data dir whose tokenizer differs from the checkpoint's
+    other = tmp_path / 'other'
+    shutil.copytree(tiny_data, other)
+    meta = json.load(open(other / 'meta.json'))
+    meta['fingerprint'] = 'different'
+    json.dump(meta, open(other / 'meta.json', 'w'))
+    one_error_line(run('anchor_sft.py', *base, f'--data_dir={other}', check=False), 'does not match')
+    # anchored SFT on a data dir without annotations
+    meta['fingerprint'] = json.load(open(os.path.join(tiny_data, 'meta.json')))['fingerprint']
+    meta['annotation_keys'] = []
+    json.dump(meta, open(other / 'meta.json', 'w'))
+    one_error_line(run('anchor_sft.py', *base, f'--data_dir={other}', '--method=anchor', check=False),
+                   'needs a data dir with annotations')
+    # rows longer than block_size: all of them -> error; nothing written
+    small = tmp_path / 'small'
+    run('pretrain.py', f'--data_dir={tiny_data}', f'--out_dir={small}', '--max_iters=1', '--eval_interval=1',
+        '--eval_iters=1', *TINY_MODEL, '--block_size=32')
+    r = run('anchor_sft.py', f'--init_dir={small}', f'--out_dir={tmp_path / "o2"}', *SFT, check=False)
+    one_error_line(r, 'longer than block_size=32')
+    assert not (tmp_path / 'o2' / 'ckpt.pt').exists()
+    # a pretrain checkpoint passed where an SFT one is resumed
+    one_error_line(run('anchor_sft.py', f'--out_dir={ckpts / "base"}', '--init_from=resume', *SFT, check=False),
+                   'not a method')
+
+
+def samples(path):
+    return [json.loads(l) for l in open(path)]
+
+
+FIELDS = {'prompt_id', 'prompt', 'sample_id', 'annotation', 'text', 'tokens', 'finished'}
+
+
+def test_sample_modes(ckpts, tmp_path):
+    args = ['--num_samples=3', '--max_new_tokens=30', '--progress=False', '--device=cpu']
+    for name, has_ann in (('base', False), ('annotated', True), ('sft', False), ('anchor', True)):
+        out = tmp_path / f'{name}.jsonl'
+        run('sample.py', f'--ckpt_dir={ckpts / name}', f'--out={out}', *args)
+        rows = samples(out)
+        assert len(rows) == 14 * 3 and all(set(r) == FIELDS for r in rows)
+        assert all((r['annotation'] is not None) == has_ann for r in rows)
+        assert all('<|' not in r['text'] for r in rows)  # never a special token in the visible text
+    pinned = tmp_path / 'pinned.jsonl'
+    run('sample.py', f'--ckpt_dir={ckpts / "anchor"}', f'--out={pinned}', '--annotation=topic:Sport', *args)
+    assert all(r['annotation'].startswith('topic:Sport') for r in samples(pinned))
+    prior = tmp_path / 'prior.jsonl'  # annotations drawn from the annotated pretrained model
+    run('sample.py', f'--ckpt_dir={ckpts / "anchor"}', f'--out={prior}', f'--annotation_from={ckpts / "annotated"}',
+        *args)
+    assert all(r['annotation'] is not None and '<|' not in r['text'] for r in samples(prior))
+    one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "anchor"}', f'--annotation_from={ckpts / "base"}',
+                       check=False), 'not an annotated pretrained checkpoint')
+    noann = tmp_path / 'noann.jsonl'
+    run('sample.py', f'--ckpt_dir={ckpts / "anchor"}', f'--out={noann}', '--no_annotation=True', *args)
+    assert all(r['annotation'] == '' for r in samples(noann))
+
+
+def test_sample_batched_equals_one_at_a_time(ckpts, tmp_path):
+    """Greedy: a batch of samples with the KV cache gives the tokens of one-at-a-time sampling
+    without the cache."""
+    args = [f'--ckpt_dir={ckpts / "anchor"}', '--num_samples=4', '--max_new_tokens=25', '--temperature=0',
+            '--progress=False', '--device=cpu']
+    run('sample.py', *args, '--batch_size=4', f'--out={tmp_path / "a.jsonl"}')
+    run('sample.py', *args, '--batch_size=1', '--use_cache=False', f'--out={tmp_path / "b.jsonl"}')
+    assert samples(tmp_path / 'a.jsonl') == samples(tmp_path / 'b.jsonl')
+
+
+def test_sample_refusals(ckpts, tmp_path):
+    one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "sft"}', '--no_annotation=True', check=False),
+                   'need an anchor checkpoint')
+    one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "base"}', '--annotation=topic:Arts', check=False),
+                   'need an anchor checkpoint')
+    long_prompt = tmp_path / 'long.jsonl'
+    long_prompt.write_text(json.dumps({'prompt_id': 0, 'prompt': 'word ' * 400}) + '\n')
+    one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "sft"}', f'--prompts={long_prompt}', check=False),
+                   'does not fit block_size')
+    weird = tmp_path / 'weird'
+    weird.mkdir()
+    ck = torch.load(ckpts / 'sft' / 'ckpt.pt', weights_only=False)
+    ck['stage'] = 'mystery'
+    torch.save(ck, weird / 'ckpt.pt')
+    one_error_line(run('sample.py', f'--ckpt_dir={weird}', check=False), 'unknown type')
+    one_error_line(run('sample.py', f'--ckpt_dir={tmp_path / "none"}', check=False), 'checkpoint not found')
