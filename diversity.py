@@ -284,9 +284,10 @@ def train_judge(emb, labels, rng):
 # -----------------------------------------------------------------------------
 # per-prompt metrics, bootstrap summary, collapse
 
-def prompt_metrics(rows, emb, judged, opening, cat_keys, prior_h):
+def prompt_metrics(rows, emb, judged, opening, cat_keys, prior_h, known=None):
     """Every metric of one prompt's samples. judged: {key: judge labels of the texts};
-    prior_h(k, n): entropy of n corpus draws of key k, or None for an arm without annotations."""
+    prior_h(k, n): entropy of n corpus draws of key k, or None for an arm without annotations;
+    known: {key: the corpus's values of key}: a malformed sampled value is not one of them."""
     texts = [r['text'] for r in rows]
     m = {f'entropy_{k}': entropy_bits(lab) for k, lab in judged.items()}
     m.update(dissimilarity=dissimilarity(emb), vendi=vendi(emb), distinct2=distinct_n(texts),
@@ -301,6 +302,8 @@ def prompt_metrics(rows, emb, judged, opening, cat_keys, prior_h):
             vals = [a.get(k, '') for a in anns]  # a missing key counts as its own value ''
             m[f'ann_entropy_{k}'] = entropy_bits(vals)
             m[f'prior_kept_{k}'] = _div(m[f'ann_entropy_{k}'], prior_h(k, len(rows)))
+            # malformed values also add entropy: how many sampled values are real labels at all
+            m[f'ann_valid_{k}'] = np.mean([v in known[k] for v in vals])
             if k in judged:
                 m[f'fidelity_{k}'] = np.mean([j == v for j, v in zip(judged[k], vals)])
     return {k: float(v) for k, v in m.items()}
@@ -463,7 +466,8 @@ def render_md(rep, div_metrics, head):
             ann.append(f"- {a}, {k}: sampled annotations {fmt2(mt[f'ann_entropy_{k}']['mean'])} bits per prompt "
                        f"vs {fmt2(pr['same_n'][a]['entropy'])} bits for {pr['same_n'][a]['n']} draws from the corpus "
                        f"(corpus entropy {fmt2(pr['corpus_entropy'])} bits over {pr['docs']} docs); prior kept "
-                       f"{with_ci(mt[f'prior_kept_{k}'], fmt2)}"
+                       f"{with_ci(mt[f'prior_kept_{k}'], fmt2)}; {pct(mt[f'ann_valid_{k}']['mean'])} of the sampled "
+                       f"values are {k} labels of the corpus"
                        + (f"; the judge agrees with the sampled {k} in {with_ci(fid, pct)} of samples" if fid else ''))
     if ann:
         L += ['', '## Annotation prior and fidelity (arms that sample annotations)', '',
@@ -500,13 +504,14 @@ def corpus_prior(heldout, cat_keys, rng):
               for k in cat_keys}
     prior = {k: dict(docs=sum(c.values()), corpus_entropy=entropy_bits(list(c.elements())), same_n={})
              for k, c in counts.items()}
+    known = {k: set(c) for k, c in counts.items()}
     memo = {}
 
     def prior_h(k, n):
         if (k, n) not in memo:
             memo[k, n] = expected_entropy(list(counts[k].values()), n, rng) if counts[k] else math.nan
         return memo[k, n]
-    return prior, prior_h
+    return prior, prior_h, known
 
 
 def main():
@@ -527,7 +532,7 @@ def main():
         if headline_metric:
             raise UserError(f"headline_metric '{head}' has no judge (too few values in heldout.jsonl)")
         head = 'dissimilarity'  # the default falls back to the paper's other metric
-    prior, prior_h = corpus_prior(heldout, cat_keys, rng)
+    prior, prior_h, known = corpus_prior(heldout, cat_keys, rng)
 
     # per-prompt metrics of every arm
     pids = sorted({r['prompt_id'] for r in next(iter(data.values()))}, key=str)
@@ -540,7 +545,7 @@ def main():
         for i, r in enumerate(rows):
             by_prompt.setdefault(r['prompt_id'], []).append(i)
         per = [prompt_metrics([rows[i] for i in ix], emb[ix], {k: list(v[ix]) for k, v in labels.items()},
-                              opening, cat_keys, prior_h if annotated else None)
+                              opening, cat_keys, prior_h if annotated else None, known)
                for ix in (by_prompt[p] for p in pids)]
         table[arm] = {m: np.array([d[m] for d in per]) for m in per[0]}
         arms[arm] = dict(path=paths[arm], samples=len(rows), samples_per_prompt=len(rows) / len(pids),

@@ -223,3 +223,18 @@ def test_end_to_end(tmp_path, data_dir):
     assert rep['collapse']['entropy_topic']['gap_closed']['value'] > 0.5
     assert (out / 'diversity_quality.png').stat().st_size > 1000
     assert list((out / 'cache').glob('heldout-*.npy'))
+
+
+def test_prompt_metrics_annotation_fields_worked_example():
+    """4 anchored samples: sampled topics A, A, B, 'Zq' (malformed); the judge says A, B, B, B."""
+    rows = [dict(text=f'Sure!\nt{i}', finished=i < 3, tokens=5, annotation=a)
+            for i, a in enumerate(['topic:A', 'topic:A', 'topic:B', 'topic:Zq'])]
+    emb = np.eye(4)
+    m = dv.prompt_metrics(rows, emb, {'topic': ['A', 'B', 'B', 'B']}, 'Sure!', ['topic'],
+                                 lambda k, n: 2.0, {'topic': {'A', 'B', 'C'}})
+    assert m['ann_entropy_topic'] == pytest.approx(1.5)  # (1/2, 1/4, 1/4)
+    assert m['prior_kept_topic'] == pytest.approx(0.75)  # 1.5 / 2.0
+    assert m['ann_valid_topic'] == pytest.approx(0.75)  # 'Zq' is no corpus label
+    assert m['fidelity_topic'] == pytest.approx(0.5)  # A=A, A!=B, B=B, Zq!=B
+    assert m['format_rate'] == 1.0 and m['finish_rate'] == pytest.approx(0.75)
+    assert m['entropy_topic'] == pytest.approx(-(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75)))
