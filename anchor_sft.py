@@ -155,7 +155,6 @@ def main():
     if init_from == 'resume':
         optimizer.load_state_dict(ckpt['optimizer'])
         state = resume_state(ckpt)
-        torch.set_rng_state(ckpt['torch_rng'])
     if env['master']:
         os.makedirs(out_dir, exist_ok=True)
         # the semantic entropy of the post-training data: what SFT's output entropy tracks (paper)

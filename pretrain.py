@@ -113,7 +113,6 @@ def main():
         model_args = ckpt['model_args']
         model = model_from_checkpoint(ckpt, env['device'])
         state = resume_state(ckpt)
-        torch.set_rng_state(ckpt['torch_rng'])
         if env['master']:
             print(f"resuming {out_dir} from iter {state['iter_num']}")
     elif init_from == 'scratch':

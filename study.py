@@ -17,8 +17,8 @@ and the diversity report, for the arms of the paper's study (DESIGN.md section 1
     python study.py config/small.py --sizes='xs:--n_layer=2 --n_embd=64 --n_head=2;s:' --out_root=out/scaling
 
 Every stage runs as its own script with the config file named on the command line. A stage whose
-outputs exist and whose stamp (its command, the config file, its script and the stamps of its
-inputs) is unchanged is skipped, so a re-run only redoes what changed. Prints report.md at the end.
+outputs exist and whose stamp (its command, the config file, its script, the shared modules and the
+stamps of its inputs) is unchanged is skipped, so a re-run only redoes what changed. Prints report.md at the end.
 """
 import hashlib
 import json
@@ -51,6 +51,9 @@ config_file = next((a for a in sys.argv[1:] if not a.startswith('--')), config_f
 # -----------------------------------------------------------------------------
 
 
+SHARED = ('model.py', 'formats.py', 'training.py', 'common.py', 'configurator.py')
+
+
 def sha(*parts):
     h = hashlib.sha256()
     for p in parts:
@@ -69,7 +72,8 @@ class Stages:
     def __init__(self):
         self.path = os.path.join(out_root, 'stamps.json')
         self.stamps = read_json(self.path) if os.path.isfile(self.path) and not force else {}
-        self.cfg_hash = file_hash(config_file)
+        # a stage's code is its script and the modules every stage imports
+        self.cfg_hash = sha(file_hash(config_file), *(file_hash(m) for m in SHARED))
         self.times = {}
 
     def run(self, name, script, args, outputs, deps=()):

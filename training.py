@@ -111,10 +111,13 @@ def model_from_checkpoint(ckpt, device):
 
 
 def resume_state(ckpt):
-    """The loop state of a fresh run (ckpt None) or of a checkpoint to resume."""
+    """The loop state of a fresh run (ckpt None) or of a checkpoint to resume, RNG states included,
+    so that a resumed run draws the same batches and dropout masks as an uninterrupted one."""
     if ckpt is None:
-        return dict(iter_num=0, best_val_loss=float('inf'), history=[], data_rng=None)
-    return {k: ckpt[k] for k in ('iter_num', 'best_val_loss', 'history', 'data_rng')}
+        return dict(iter_num=0, best_val_loss=float('inf'), history=[], data_rng=None, torch_rng=None,
+                    cuda_rng=None)
+    keys = ('iter_num', 'best_val_loss', 'history', 'data_rng', 'torch_rng', 'cuda_rng')
+    return {k: ckpt.get(k) for k in keys}
 
 
 def padded_vocab(meta):
@@ -129,9 +132,9 @@ def train(model, optimizer, get_batch, cfg, env, state, ckpt_extra):
     """Train `model` until cfg['max_iters'].
 
     get_batch(split, gen, micro_ids) -> list of (x, y) for the micro-batch numbers in micro_ids, out
-    of world * grad_accum drawn from gen for this iteration. cfg holds the stage's config (keys
-    listed below). state: {'iter_num', 'best_val_loss', 'history', 'data_rng'} from a fresh start or a
-    checkpoint. ckpt_extra: what else goes into every checkpoint (model args, config, meta).
+    of world * grad_accum drawn from gen for this iteration. cfg: the stage's config in
+    pretrain.py's names (anchor_sft.py maps its sft_* keys). state: resume_state() of a fresh start
+    or a checkpoint. ckpt_extra: what else goes into every checkpoint (model args, config, meta).
     """
     device, device_type, master = env['device'], env['device_type'], env['master']
     world, rank = env['world'], env['rank']
@@ -149,6 +152,9 @@ def train(model, optimizer, get_batch, cfg, env, state, ckpt_extra):
     gen = torch.Generator().manual_seed(cfg['seed'])
     if state['data_rng'] is not None:
         gen.set_state(state['data_rng'])
+        torch.set_rng_state(state['torch_rng'])
+        if device_type == 'cuda' and state['cuda_rng'] is not None:
+            torch.cuda.set_rng_state_all(state['cuda_rng'])
     flops = peak_flops(device_type, cfg['cpu_peak_flops'])
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
 
