@@ -66,3 +66,22 @@ def test_study_end_to_end_and_rerun_skips(tmp_path):
     r2 = run('study.py', *args, timeout=600)
     assert 'ran: nothing (all up to date)' in r2.stdout
     assert r2.stdout.count('up to date, skipped') == 1 + 2 + 3 + 9 + 1
+
+
+def test_sft_entropy_sweep(tmp_path):
+    """SFT sets of 1 and 2 topics of equal size: their entropy is recorded, and the report gets the
+    collapse-against-entropy table and plot."""
+    corpus = make_corpus(tmp_path / 'corpus.jsonl', n_docs=120)
+    cfg = tmp_path / 'tiny.py'  # enough SFT val rows that one topic alone still has some
+    cfg.write_text(TINY_CONFIG.format(corpus=str(corpus)).replace('sft_val_docs = 4', 'sft_val_docs = 12'))
+    run('study.py', str(cfg), f'--out_root={tmp_path / "out"}', f'--data_root={tmp_path / "data"}',
+        '--data_name=tiny', '--num_samples=3', '--max_new_tokens=16', '--sft_topic_counts=1,2',
+        '--sweep_topics=Arts,Science,Sport', '--sweep_docs=36', '--sweep_rows=8', timeout=600)
+    sets = {k: json.load(open(tmp_path / 'out' / f'sft-k{k}' / 'sft_set.json')) for k in (1, 2)}
+    assert sets[1]['entropy_bits'] == 0 and len(sets[1]['counts']) == 1 and sets[1]['rows'] == 8
+    assert sets[2]['entropy_bits'] > 0.5 and set(sets[2]['counts']) == {'Arts', 'Science'}
+    md = (tmp_path / 'out' / 'report' / 'report.md').read_text()
+    assert "semantic entropy" in md and '| 1 | 0.00 |' in md
+    assert (tmp_path / 'out' / 'report' / 'entropy_sweep.png').exists()
+    meta = json.load(open(tmp_path / 'data' / 'tiny-sweep' / 'meta.json'))
+    assert meta['sft_values'] == ['Arts', 'Science']  # the first max(k) sweep topics
