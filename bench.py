@@ -35,7 +35,7 @@ dtype = 'auto'
 compile = False
 cpu_peak_flops = 0.0  # your CPU's peak FLOP/s for an MFU figure on CPU (GPUs: a table)
 sample_batch = 16  # sequences sampled at once with the KV cache
-new_tokens = 128
+new_tokens = 192  # = study.py's max_new_tokens
 prompt_tokens = 16
 seed = 1337
 threads = 0
@@ -70,8 +70,10 @@ def bench_train(model, env):
     flops = peak_flops(env['device_type'], cpu_peak_flops)
     mfu = f"{model.estimate_mfu(tokens, dt, flops) * 100:.1f}%" if flops else 'n/a (give --cpu_peak_flops)'
     name = torch.cuda.get_device_name() if env['device_type'] == 'cuda' else 'cpu'
+    achieved = model.flops_per_token() * tokens / dt  # model FLOP/s, whatever the device's peak
     print(f"train step on {name} ({dtype}, compile={compile}): {model.num_params() / 1e6:.2f}M params, "
-          f"batch {batch_size}x{block_size}: {dt * 1000:.1f} ms/iter, {tokens / dt:,.0f} tokens/s, MFU {mfu}")
+          f"batch {batch_size}x{block_size}: {dt * 1000:.1f} ms/iter, {tokens / dt:,.0f} tokens/s, "
+          f"{achieved / 1e9:,.1f} GFLOP/s, MFU {mfu}")
 
 
 def bench_sample(model, env):

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from common import UserError, main_guard, read_json, write_json, write_text
+from common import UserError, atomic_write, main_guard, read_json, write_json, write_text
 
 # -----------------------------------------------------------------------------
 config_file = 'config/small.py'  # the config every stage runs with (the one named on the command line)
@@ -161,7 +161,7 @@ def plot(path, series, xlabel, ylabel, logx=False):
     ax.set_ylabel(ylabel)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120), 'wb')  # makes the dir, too
     plt.close(fig)
 
 
@@ -188,25 +188,30 @@ def entropy_section(rep, root, report_dir, ks):
 
 
 def scaling_section(reps, params, report_dir):
-    """Every diversity metric against parameters, one line per arm (the paper's scaling figure)."""
-    metrics = list(next(iter(reps.values()))['collapse'])
+    """Every diversity metric against parameters, one line per arm (the paper's scaling figure),
+    the metrics of every size and arm, and the collapse numbers of the headline metric per size."""
+    first = next(iter(reps.values()))
+    metrics, head = list(first['collapse']), first['headline']['metric']
     arms = ('base', 'sft', 'anchored')
-    lines = []
+    num = lambda x, f='{:.3f}': f.format(x) if isinstance(x, (int, float)) else 'n/a'
     for m in metrics:
         series = {a: [(params[s], reps[s]['arms'][a]['metrics'][m]['mean']) for s in reps] for a in arms}
         plot(os.path.join(report_dir, f'scaling_{m}.png'), series, 'parameters', m, logx=True)
-    head = next(iter(reps.values()))['headline']['metric']
-    lines += ['| size | params | ' + ' | '.join(f'{a} {head}' for a in arms) +
-              ' | collapse sft | collapse anchored | collapse ratio | gap closed |', '|---' * 9 + '|']
+    lines = ['| size | params | arm | ' + ' | '.join(metrics) + ' | quality |', '|---' * (len(metrics) + 4) + '|']
+    for s, rep in reps.items():
+        for a in arms:
+            mt = rep['arms'][a]['metrics']
+            lines.append(f"| {s} | {params[s] / 1e6:.2f}M | {a} | " + ' | '.join(num(mt[m]['mean']) for m in metrics)
+                         + f" | {num(mt['quality']['mean'])} |")
+    lines += ['', f'Collapse on {head} (the headline metric), 95% CIs over prompts:', '',
+              '| size | collapse sft | collapse anchored | collapse ratio | gap closed |', '|---|---|---|---|---|']
     for s, rep in reps.items():
         c = rep['collapse'][head]
-        vals = ' | '.join(f"{rep['arms'][a]['metrics'][head]['mean']:.3f}" for a in arms)
-        fmt = lambda x: 'n/a' if x is None or not isinstance(x, (int, float)) else f'{x:.2f}'
-        lines.append(f"| {s} | {params[s] / 1e6:.2f}M | {vals} | {fmt(c['collapse']['sft']['value'])} | "
-                     f"{fmt(c['collapse']['anchored']['value'])} | {fmt(c['collapse_ratio']['value'])} | "
-                     f"{fmt(c['gap_closed']['value'])} |")
+        ci = lambda d, f: f"{num(d['value'], f)} [{num(d['ci'][0], f)}, {num(d['ci'][1], f)}]"
+        lines.append(f"| {s} | {num(c['collapse']['sft']['value'])} | {num(c['collapse']['anchored']['value'])} | "
+                     f"{ci(c['collapse_ratio'], '{:.2f}')} | {ci(c['gap_closed'], '{:.0%}')} |")
     return '\n'.join(['# Scaling: diversity against model size', ''] + lines + [''] +
-                     [f'![{m}](scaling_{m}.png)' for m in metrics] + [''])
+                      [f'![{m}](scaling_{m}.png)' for m in metrics] + [''])
 
 
 def model_params(ckpt_path):

@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec python study.py config/small.py --out_root=out/scaling \
-    --sizes='xs:--n_layer=2 --n_head=2 --n_embd=64;s:--n_layer=4 --n_head=4 --n_embd=128;m:--n_layer=6 --n_head=6 --n_embd=192' "$@"
+    --sizes='xs:--n_layer=2 --n_head=2 --n_embd=64;s:--n_layer=4 --n_head=4 --n_embd=128;m:--n_layer=5 --n_head=5 --n_embd=160' "$@"
