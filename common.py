@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import tempfile
-from contextlib import nullcontext
 
 
 class UserError(Exception):

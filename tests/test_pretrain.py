@@ -1,7 +1,6 @@
 """pretrain.py end to end on a tiny corpus: both arms, DDP equivalence, resume after SIGKILL, bad input."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

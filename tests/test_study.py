@@ -1,7 +1,6 @@
 """The whole pipeline end to end on a tiny corpus: study.py runs every stage and arm, writes the
 report with every metric and the headline, and a re-run skips everything."""
 import json
-import os
 
 from conftest import make_corpus, run
 
@@ -44,7 +43,7 @@ def test_study_end_to_end_and_rerun_skips(tmp_path):
     cfg.write_text(TINY_CONFIG.format(corpus=str(corpus)))
     args = [str(cfg), f'--out_root={tmp_path / "out"}', f'--data_root={tmp_path / "data"}', '--data_name=tiny',
             '--num_samples=3', '--max_new_tokens=24', '--temperatures=0.7']
-    r = run('study.py', *args, timeout=600)
+    run('study.py', *args, timeout=600)
     report = tmp_path / 'out' / 'report'
     md = (report / 'report.md').read_text()
     arms = ['base', 'annotated-base', 'sft', 'anchored', 'anchored-plain', 'anchored-noann', 'anchored-prior',
