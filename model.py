@@ -204,6 +204,8 @@ class GPT(nn.Module):
         cache = None
         if use_cache:
             dtype = next(self.parameters()).dtype
+            if torch.is_autocast_enabled(device.type):  # keys/values come out of autocast's matmuls
+                dtype = torch.get_autocast_dtype(device.type)
             cache = KVCache(self.config, B, idx.size(1) + max_new_tokens, device, dtype)
         out, step_in = [], idx
         for _ in range(max_new_tokens):
