@@ -46,9 +46,8 @@ anchored_arm = 'anchored'
 headline_metric = ''  # '' = entropy_<first categorical key>, or dissimilarity if there is none
 bootstrap = 1000  # resamples of the prompts for 95% CIs; 0 = no CIs
 seed = 1337
-if __name__ == '__main__':  # importing this module (tests) must not parse sys.argv
-    from configurator import configure
-    config = configure(globals())
+from configurator import configure  # noqa: E402  (imported by tests: keeps the defaults)
+config = configure(globals())
 # -----------------------------------------------------------------------------
 
 FIELDS = ('prompt_id', 'prompt', 'sample_id', 'annotation', 'text', 'tokens', 'finished')

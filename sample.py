@@ -114,12 +114,11 @@ def load_prior(ckpt, meta, device):
 def prior_annotations(prior, n, sp, temp, gen, meta, env):
     """n annotations sampled from <|bos|><|ann|> of the prior, each followed by <|text|>, as the
     (n, F) forced ids of model.generate (-1 pads rows with a shorter annotation)."""
+    stops = [sp[TEXT], sp[BOS], sp[ANN]]
     idx = torch.tensor([[sp[BOS], sp[ANN]]] * n, dtype=torch.long, device=env['device'])
     with autocast(env['device_type'], dtype):
         z, _ = prior.generate(idx, 2 * meta['max_annotation_tokens'], temperature=temp, top_k=top_k or None,
-                              top_p=top_p, stop_ids=[sp[TEXT], sp[BOS], sp[ANN]], generator=gen,
-                              vocab_limit=meta['vocab_size'])
-    stops = {sp[TEXT], sp[BOS], sp[ANN]}
+                              top_p=top_p, stop_ids=stops, generator=gen, vocab_limit=meta['vocab_size'])
     rows = [[t for t in itertools.takewhile(lambda t: t not in stops, row)] + [sp[TEXT]] for row in z.tolist()]
     width = max(map(len, rows))
     return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=env['device'])
