@@ -1,9 +1,13 @@
 """
-Small things every stage shares: clear errors, atomic writes, JSONL I/O, the DDP/device setup and
-checkpoints. Kept in one place so that no stage carries its own copy.
+Small things every stage shares: clear errors, the validation of config values and output paths
+(all of it before any work), atomic writes and JSONL I/O. Kept in one place so that no stage
+carries its own copy.
 """
+import glob
 import json
+import math
 import os
+import re
 import sys
 import tempfile
 
@@ -27,11 +31,82 @@ def main_guard(fn):
 
 
 # -----------------------------------------------------------------------------
+# validation: every stage checks its whole config and its output paths first, then works
+
+def check_config(cfg, positive=(), nonneg=(), fractions=(), choices=None):
+    """One line for the first config value out of its range: positive (> 0), nonneg (>= 0),
+    fractions (in [0, 1]), choices ({key: allowed values}). Floats must be finite."""
+    for k, v in cfg.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"{k} must be a finite number, got {v}")
+    for k in positive:
+        if cfg[k] <= 0:
+            raise UserError(f"{k} must be > 0, got {cfg[k]}")
+    for k in nonneg:
+        if cfg[k] < 0:
+            raise UserError(f"{k} must be >= 0, got {cfg[k]}")
+    for k in fractions:
+        if not 0 <= cfg[k] <= 1:
+            raise UserError(f"{k} must be in [0, 1], got {cfg[k]}")
+    for k, allowed in (choices or {}).items():
+        if cfg[k] not in allowed:
+            raise UserError(f"{k} must be one of {', '.join(map(str, allowed))}; got {cfg[k]!r}")
+
+
+def check_device(device):
+    """torch's device strings this project runs on."""
+    if not re.fullmatch(r'auto|cpu|cuda(:\d+)?|mps', device):
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps; got '{device}'")
+
+
+def check_out_dir(path, what='output dir'):
+    """Refuse an output dir that is a file or cannot be written (read-only, under /proc, ...)
+    before any work: create it if needed and write and remove a probe file in it."""
+    if not path:
+        raise UserError(f"{what} is empty")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{what} {path} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix='.write-probe.')  # no '.tmp': clean_stale_temps skips it
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be written ({e.strerror or type(e).__name__})")
+
+
+def check_out_file(path, what='output file'):
+    """Refuse an output file that is a directory or whose directory cannot be written."""
+    if not path:
+        raise UserError(f"{what} is empty")
+    real = os.path.realpath(path)  # a symlink is written through, never replaced
+    if os.path.isdir(real):
+        raise UserError(f"{what} {path} is a directory")
+    check_out_dir(os.path.dirname(real) or '.', f"the directory of {what} {path}")
+
+
+def clean_stale_temps(directory, names):
+    """Remove the temp files that atomic_write leaves for the files `names` of directory when a
+    process is killed mid-write (they can be as large as a checkpoint). Only that exact pattern,
+    .<name>.<8 random characters>.tmp, and only on the first rank under torchrun (the others
+    write nothing)."""
+    if int(os.environ.get('RANK', 0)) != 0:
+        return
+    for name in names:
+        for f in glob.glob(os.path.join(glob.escape(directory), f'.{glob.escape(name)}.' + '?' * 8 + '.tmp')):
+            try:
+                os.remove(f)
+            except OSError:
+                pass
+
+
+# -----------------------------------------------------------------------------
 # atomic output: write to a temp file in the same directory, then rename, so that a crash or a
 # SIGKILL never leaves a half-written file where a finished one is expected
 
 def atomic_write(path, write_fn, mode='w'):
-    d = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)  # through a symlink to its target: the link stays a link
+    d = os.path.dirname(path)
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
     try:
@@ -66,8 +141,12 @@ def read_jsonl(path, what='file'):
     if not os.path.isfile(path):
         raise UserError(f"{what} not found: {path}")
     rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
+    with open(path, 'rb') as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode('utf-8')
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{i}: not UTF-8 text")
             if not line.strip():
                 continue
             try:
@@ -83,7 +162,9 @@ def read_json(path, what='file'):
     if not os.path.isfile(path):
         raise UserError(f"{what} not found: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding='utf-8') as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg})")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text")

@@ -59,8 +59,20 @@ def tiny_data(tmp_path_factory):
 
 
 def one_error_line(r, needle):
-    """Bad input: non-zero exit and exactly one line on stderr that names the problem."""
+    """Bad input: exit code 2 and exactly one line on stderr, which names the problem (so no
+    traceback either)."""
     lines = r.stderr.strip().splitlines()
-    assert r.returncode != 0, r.stdout
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert len(lines) == 1 and lines[0].startswith('error:'), r.stderr
     assert needle in lines[0], lines[0]
+
+
+def snapshot(directory):
+    """{relative path: bytes} of every file under directory: to show that nothing was touched."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for f in files:
+            path = os.path.join(root, f)
+            with open(path, 'rb') as fh:
+                out[os.path.relpath(path, directory)] = fh.read()
+    return out
