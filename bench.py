@@ -1,32 +1,47 @@
 """
-Benchmarks, nanoGPT's bench.py idea: time one thing of model.py without the data pipeline.
+Benchmarks, nanoGPT's bench.py idea: time one thing at a time, side by side in one run (a shared,
+noisy machine keeps ratios, not absolute times).
 
-    python bench.py config/small.py                         # pretraining step: ms/iter, tok/s, MFU
+    python bench.py config/small.py                         # training step, new vs old recipe: ms/iter, tok/s, MFU
     python bench.py config/gpt2_small.py --compile=True     # on a GPU: bf16, fused AdamW, flash SDPA
     python bench.py config/small.py --what=sample           # batched KV-cache sampling vs naive loop
+    python bench.py config/small.py --what=quality          # val loss per second: new vs old recipe
 
-what='train': forward, backward and AdamW step on random tokens; warm-up steps are excluded.
+what='train': forward, backward and optimizer step on random tokens, for the config's recipe and
+optimizer and for the old one (gpt2 + AdamW) at the same shape; warm-up steps are excluded.
 what='sample': tokens/s of generating `new_tokens` for `sample_batch` sequences at once with the KV
 cache, against the naive loop that re-runs the whole context for every token, one sequence at a
 time; same model, same length, one run.
+what='quality': runs pretrain.py twice on the config's plain stream, same data and seed: the old
+recipe exactly as config/small.py had it before the modern recipe (OLD_RECIPE below) and the
+config's own; prints the val loss of each at equal training seconds and the seconds each needs to
+reach the old recipe's final val loss (evaluation time is not training time).
 """
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
+import numpy as np
 import torch
 
-from common import UserError, main_guard
+from common import UserError, check_config, check_device, main_guard
 from model import GPT, GPTConfig
-from training import autocast, peak_flops, setup_device
+from training import DTYPES, autocast, check_model_config, peak_flops, setup_device
 
 # -----------------------------------------------------------------------------
-what = 'train'  # 'train' or 'sample'
+what = 'train'  # 'train', 'sample' or 'quality' (see above)
 batch_size = 16
 block_size = 256
 vocab_size = 4096
 n_layer = 4
 n_head = 4
 n_embd = 256
-bias = False
+recipe = 'modern'
+tie_embeddings = False
+optimizer = 'muon'
 dropout = 0.0
 warmup_steps = 3  # not timed (compilation, allocator, caches)
 steps = 10
@@ -37,6 +52,8 @@ cpu_peak_flops = 0.0  # your CPU's peak FLOP/s for an MFU figure on CPU (GPUs: a
 sample_batch = 16  # sequences sampled at once with the KV cache
 new_tokens = 192  # = study.py's max_new_tokens
 prompt_tokens = 16
+data_dir = 'data/wiki'  # what='quality': the annotate.py output whose plain stream both recipes learn
+quality_eval_interval = 25  # what='quality': iterations between val losses (the curve's resolution)
 seed = 1337
 threads = 0
 from configurator import configure  # noqa: E402
@@ -44,14 +61,21 @@ config = configure(globals())
 # -----------------------------------------------------------------------------
 
 
+# config/small.py as it was before the modern recipe (GPT-2 architecture, AdamW, cosine schedule)
+OLD_RECIPE = dict(recipe='gpt2', optimizer='adamw', lr_schedule='cosine', learning_rate=2e-3, final_lr_frac=0.1,
+                  warmup_iters=50, max_iters=500, n_layer=4, n_head=4, n_embd=128, block_size=256, batch_size=16,
+                  gradient_accumulation_steps=1, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, dropout=0.0)
+
+
 def sync(device_type):
     if device_type == 'cuda':
         torch.cuda.synchronize()
 
 
-def bench_train(model, env):
+def bench_train(model, env, opt_kind):
+    """ms/iter and tokens/s of full training steps (forward, backward, optimizer) on random tokens."""
     ctx = autocast(env['device_type'], dtype)
-    opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), env['device_type'])
+    opt = model.configure_optimizers(opt_kind, 1e-4, 1e-3, 0.1, (0.9, 0.95), env['device_type'])
     step_model = torch.compile(model) if compile else model
     x = torch.randint(vocab_size, (batch_size, block_size), device=env['device'])
     y = torch.randint(vocab_size, (batch_size, block_size), device=env['device'])
@@ -71,9 +95,10 @@ def bench_train(model, env):
     mfu = f"{model.estimate_mfu(tokens, dt, flops) * 100:.1f}%" if flops else 'n/a (give --cpu_peak_flops)'
     name = torch.cuda.get_device_name() if env['device_type'] == 'cuda' else 'cpu'
     achieved = model.flops_per_token() * tokens / dt  # model FLOP/s, whatever the device's peak
-    print(f"train step on {name} ({dtype}, compile={compile}): {model.num_params() / 1e6:.2f}M params, "
-          f"batch {batch_size}x{block_size}: {dt * 1000:.1f} ms/iter, {tokens / dt:,.0f} tokens/s, "
-          f"{achieved / 1e9:,.1f} GFLOP/s, MFU {mfu}")
+    print(f"train step on {name} ({dtype}, compile={compile}), {model.config.recipe} + {opt_kind}: "
+          f"{model.num_params() / 1e6:.2f}M params, batch {batch_size}x{block_size}: {dt * 1000:.1f} ms/iter, "
+          f"{tokens / dt:,.0f} tokens/s, {achieved / 1e9:,.1f} GFLOP/s, MFU {mfu}")
+    return tokens / dt
 
 
 def bench_sample(model, env):
@@ -101,18 +126,85 @@ def bench_sample(model, env):
     print(f"  speed-up: {naive / cached:.1f}x")
 
 
+def val_curve(out_dir):
+    """[(training seconds, val loss)] of a pretrain.py run, from its log.json."""
+    with open(os.path.join(out_dir, 'log.json')) as f:
+        return [(h['time'], h['val_loss']) for h in json.load(f) if 'val_loss' in h]
+
+
+def loss_at(curve, t):
+    """Val loss at training second t, linear between evaluations (nan outside the curve)."""
+    ts, ls = zip(*curve)
+    return float(np.interp(t, ts, ls, left=np.nan, right=np.nan))
+
+
+def time_to(curve, target):
+    """First training second at which the val loss reaches target, linear between evaluations."""
+    prev = (0.0, float('inf'))
+    for t, loss in curve:
+        if loss <= target:
+            if not np.isfinite(prev[1]):
+                return t
+            return prev[0] + (t - prev[0]) * (prev[1] - target) / (prev[1] - loss)
+        prev = (t, loss)
+    return float('nan')
+
+
+def bench_quality(configs):
+    """Old vs new recipe through pretrain.py itself: same data, seed and evaluation batches."""
+    runs = {'old (gpt2 + adamw, cosine)': [f'--{k}={v}' for k, v in OLD_RECIPE.items()],
+            f'new ({recipe} + {optimizer}, config)': []}
+    curves = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, args) in enumerate(runs.items()):
+            out = os.path.join(tmp, str(i))
+            cmd = [sys.executable, 'pretrain.py', *configs, f'--data_dir={data_dir}', f'--out_dir={out}',
+                   f'--eval_interval={quality_eval_interval}', '--progress=False', '--init_from=scratch',
+                   f'--device={device}', f'--seed={seed}', *args]
+            print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+            r = subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True)
+            if r.returncode != 0:
+                last = (r.stderr.strip().splitlines() or [''])[-1]
+                raise UserError(f"pretrain.py failed for the {name} recipe: {last}")
+            curves[name] = val_curve(out)
+    (old_name, old), (new_name, new) = curves.items()
+    target, t_old, t_new = old[-1][1], old[-1][0], new[-1][0]
+    t_eq = min(t_old, t_new)
+    print(f"\nval loss on the plain stream of {data_dir}, one run, this machine:")
+    for name, c in curves.items():
+        print(f"  {name:34s} {c[-1][0]:6.1f} s of training, final val loss {c[-1][1]:.4f}; at {t_eq:.0f} s: "
+              f"{loss_at(c, t_eq):.4f}; reaches the old final {target:.4f} after {time_to(c, target):.1f} s")
+    print(f"  the new recipe needs {time_to(new, target) / t_old:.0%} of the old recipe's time to reach the old "
+          f"recipe's final val loss")
+
+
 def main():
-    if what not in ('train', 'sample'):
-        raise UserError(f"what must be 'train' or 'sample', got '{what}'")
+    check_model_config(config)
+    check_config(config, positive=('batch_size', 'vocab_size', 'steps', 'sample_batch', 'new_tokens', 'prompt_tokens',
+                                   'quality_eval_interval'), nonneg=('warmup_steps', 'cpu_peak_flops', 'threads'),
+                 choices=dict(what=('train', 'sample', 'quality'), optimizer=('muon', 'adamw'), dtype=DTYPES))
+    check_device(device)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     env = setup_device(device)
+    if what == 'quality':
+        return bench_quality([a for a in sys.argv[1:] if not a.startswith('--')])
     if what == 'sample' and prompt_tokens + new_tokens > block_size:
         raise UserError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds block_size={block_size}")
-    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                          vocab_size=vocab_size, bias=bias, dropout=dropout)).to(env['device'])
-    (bench_train if what == 'train' else bench_sample)(model, env)
+    make = lambda r: GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                                   vocab_size=vocab_size, recipe=r, tie_embeddings=tie_embeddings,
+                                   dropout=dropout)).to(env['device'])
+    if what == 'sample':
+        return bench_sample(make(recipe), env)
+    new, old = (recipe, optimizer), ('gpt2', 'adamw')
+    tps = {}
+    for _ in range(2):  # alternate, keep each one's best: a shared machine only ever slows a run down
+        for r, o in dict.fromkeys((new, old)):  # once if the config is the old recipe itself
+            torch.manual_seed(seed)
+            tps[r, o] = max(tps.get((r, o), 0), bench_train(make(r), env, o))
+    print(f"tokens/s, best of 2: {new[0]} + {new[1]} {tps[new]:,.0f}, gpt2 + adamw {tps[old]:,.0f}: "
+          f"ratio {tps[new] / tps[old]:.2f}x")
 
 
 if __name__ == '__main__':

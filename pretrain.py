@@ -16,8 +16,8 @@ import torch
 from common import UserError, main_guard
 from formats import load_meta
 from model import GPT, GPTConfig
-from training import (check_meta, load_checkpoint, model_from_checkpoint, padded_vocab, resume_state,
-                      setup_device, train)
+from training import (SCHEDULES, check_meta, check_model_config, check_training_config, load_checkpoint,
+                      model_from_checkpoint, padded_vocab, resume_state, setup_device, train)
 
 # -----------------------------------------------------------------------------
 # default config (GPU-ish sizes live in config/; config/small.py is the laptop run)
@@ -34,22 +34,26 @@ progress = True  # tqdm bar on rank 0
 batch_size = 16  # micro-batch size per rank
 block_size = 256
 gradient_accumulation_steps = 1  # total over all ranks (divided among them)
-# model
+# model (model.py's docstring has the two recipes)
+recipe = 'modern'  # 'modern' (rotary, RMSNorm, ReLU^2, QK-norm) or 'gpt2' (the GPT-2 recipe, for comparison)
+tie_embeddings = False  # modern: share the input embedding and the output head
 n_layer = 4
 n_head = 4
 n_embd = 256
 dropout = 0.0
-bias = False
-# AdamW, cosine schedule
-learning_rate = 1e-3
+# optimizer and schedule
+optimizer = 'muon'  # 'muon' (Muon on the hidden matrices, AdamW on the rest) or 'adamw' (AdamW on all)
+learning_rate = 1e-3  # AdamW (muon: embedding, head and 1-D parameters only)
+matrix_lr = 0.02  # Muon: the 2-D matrices inside the blocks
 max_iters = 2000
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0
+lr_schedule = 'wsd'  # 'wsd' (warmup, constant, linear warmdown) or 'cosine'
 warmup_iters = 100
-lr_decay_iters = 2000  # ~ max_iters (Chinchilla)
-min_lr = 1e-4  # ~ learning_rate / 10
+warmdown_frac = 0.4  # wsd: the last 40% of the iterations decay linearly ...
+final_lr_frac = 0.1  # ... (cosine: decays) to this fraction of the base learning rates
 # system
 device = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
 backend = 'auto'  # DDP backend: 'auto' = nccl on CUDA, gloo on CPU
@@ -92,7 +96,26 @@ def make_get_batch(device):
     return get_batch
 
 
+def check_resume(ckpt, model_args):
+    """A resumed run continues the checkpoint's model and optimizer: other shape flags would
+    train the old shape while the checkpoint records the new config, so they are refused."""
+    if ckpt.get('stage') != 'pretrain':
+        raise UserError(f"{out_dir}/ckpt.pt is a '{ckpt.get('stage')}' checkpoint, not a pretraining one")
+    old = dict(ckpt['model_args'], annotated=ckpt.get('annotated'), optimizer=ckpt['config'].get('optimizer'))
+    new = dict(model_args, annotated=annotated, optimizer=optimizer)
+    differ = [k for k in new if k != 'dropout' and old.get(k) != new[k]]
+    if differ:
+        raise UserError(f"cannot resume {out_dir} with other " + ', '.join(
+            f"{k} ({old.get(k)} in the checkpoint, {new[k]} now)" for k in differ))
+
+
 def main():
+    check_model_config(config)
+    check_training_config(config, positive=('batch_size', 'max_iters', 'eval_interval'),
+                          nonneg=('learning_rate', 'matrix_lr', 'warmup_iters'),
+                          fractions=('warmdown_frac', 'final_lr_frac'),
+                          choices=dict(optimizer=('muon', 'adamw'), lr_schedule=SCHEDULES,
+                                       init_from=('scratch', 'resume')))
     if threads:
         torch.set_num_threads(threads)
     env = setup_device(device, backend)
@@ -101,36 +124,34 @@ def main():
         raise UserError(f"block_size={block_size} is too small for one annotation "
                         f"({meta['max_annotation_tokens']} tokens) plus text")
     torch.manual_seed(seed + env['rank'])
-    model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                      bias=bias, vocab_size=padded_vocab(meta), dropout=dropout)
+    model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, recipe=recipe,
+                      tie_embeddings=tie_embeddings, vocab_size=padded_vocab(meta), dropout=dropout)
     state = resume_state(None)
     ckpt = None
     if init_from == 'resume':
         ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
         check_meta(ckpt, meta, data_dir)
-        if ckpt.get('stage') != 'pretrain':
-            raise UserError(f"{out_dir}/ckpt.pt is a '{ckpt.get('stage')}' checkpoint, not a pretraining one")
-        model_args = ckpt['model_args']
+        check_resume(ckpt, model_args)
+        ckpt['model_args'] = model_args  # the same shape; only dropout may change
         model = model_from_checkpoint(ckpt, env['device'])
         state = resume_state(ckpt)
         if env['master']:
             print(f"resuming {out_dir} from iter {state['iter_num']}")
-    elif init_from == 'scratch':
-        model = GPT(GPTConfig(**model_args)).to(env['device'])
     else:
-        raise UserError(f"init_from must be 'scratch' or 'resume', got '{init_from}'")
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), env['device_type'])
+        model = GPT(GPTConfig(**model_args)).to(env['device'])
+    opt = model.configure_optimizers(optimizer, learning_rate, matrix_lr, weight_decay, (beta1, beta2),
+                                     env['device_type'])
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt['optimizer'])
+        opt.load_state_dict(ckpt['optimizer'])
     if env['master']:
-        os.makedirs(out_dir, exist_ok=True)
         arm = 'annotated' if annotated else 'plain'
         print(f"pretraining ({arm} stream) {model.num_params() / 1e6:.2f}M params on {env['device']}"
-              f" x{env['world']}, {max_iters} iters of {gradient_accumulation_steps * batch_size * block_size:,} tokens")
+              f" x{env['world']}, {max_iters} iters of"
+              f" {gradient_accumulation_steps * batch_size * block_size:,} tokens")
     extra = dict(stage='pretrain', model_args=model_args, config=config, annotated=annotated,
                  meta_fingerprint=meta['fingerprint'], data_dir=data_dir)
     cfg = dict(config, desc=f"pretrain {'annotated' if annotated else 'plain'}")
-    train(model, optimizer, make_get_batch(env['device']), cfg, env, state, extra)
+    train(model, opt, make_get_batch(env['device']), cfg, env, state, extra)
     if env['ddp']:
         torch.distributed.destroy_process_group()
 

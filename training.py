@@ -1,8 +1,8 @@
 """
-The training loop shared by pretrain.py and anchor_sft.py: device and DDP setup, cosine learning
-rate, gradient accumulation across ranks, evaluation, logging with MFU, tqdm progress, and atomic
-resumable checkpoints. The two stages differ only in their data (a token stream vs masked SFT
-rows), which they hand in as `get_batch`.
+The training loop shared by pretrain.py and anchor_sft.py: device and DDP setup, the learning-rate
+schedule, gradient accumulation across ranks, evaluation, logging with MFU, tqdm progress, and
+atomic resumable checkpoints. The two stages differ in their data (a token stream vs masked SFT
+rows), which they hand in as `get_batch`, and anchored SFT adds a term to the loss (`loss_fn`).
 
 Determinism: every rank draws the batch indices of *all* ranks from one generator with the same
 seed and materializes only its own share, so 2 ranks x accumulation k see exactly the batches of
@@ -19,11 +19,42 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import UserError, atomic_write, write_json
-from model import GPT, GPTConfig
+from common import (UserError, atomic_write, check_config, check_device, check_out_dir, clean_stale_temps,
+                    write_json)
+from model import GPT, RECIPES, GPTConfig
 
 # peak dense FLOP/s per device for MFU (bf16 tensor cores on GPUs); CPU: the user gives it
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10': 125e12}
+
+
+DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+
+
+def check_training_config(cfg, positive=(), nonneg=(), fractions=(), choices=None):
+    """The checks every training stage shares (pretrain.py, anchor_sft.py), plus the stage's own;
+    and its out_dir must be writable. Run before any work."""
+    check_config(cfg, positive=('gradient_accumulation_steps', 'eval_iters', 'log_interval') + tuple(positive),
+                 nonneg=('weight_decay', 'grad_clip', 'threads', 'cpu_peak_flops') + tuple(nonneg),
+                 fractions=('dropout', 'beta1', 'beta2') + tuple(fractions),
+                 choices=dict(dtype=DTYPES, backend=('auto', 'nccl', 'gloo'), **(choices or {})))
+    if cfg['dropout'] >= 1:
+        raise UserError(f"dropout must be < 1, got {cfg['dropout']}")
+    world = int(os.environ.get('WORLD_SIZE', 1))  # set by torchrun
+    if cfg['gradient_accumulation_steps'] % world:
+        raise UserError(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by "
+                        f"the {world} ranks")
+    check_device(cfg['device'])
+    check_out_dir(cfg['out_dir'], 'out_dir')
+    clean_stale_temps(cfg['out_dir'], ('ckpt.pt', 'best.pt', 'log.json'))  # a kill mid-write leaves a full-size temp
+
+
+def check_model_config(cfg):
+    """The model's own rules: heads divide the width, and rotary rotates pairs of channels."""
+    check_config(cfg, positive=('n_layer', 'n_head', 'n_embd', 'block_size'), choices=dict(recipe=RECIPES))
+    if cfg['n_embd'] % cfg['n_head']:
+        raise UserError(f"n_embd={cfg['n_embd']} is not divisible by n_head={cfg['n_head']}")
+    if cfg['recipe'] == 'modern' and (cfg['n_embd'] // cfg['n_head']) % 2:
+        raise UserError(f"head size n_embd/n_head={cfg['n_embd'] // cfg['n_head']} must be even for rotary embeddings")
 
 
 def setup_device(device='auto', backend='auto'):
@@ -68,14 +99,21 @@ def peak_flops(device_type, cpu_peak_flops):
     return cpu_peak_flops
 
 
-def cosine_lr(it, lr, min_lr, warmup_iters, decay_iters):
-    """Linear warmup, then cosine decay to min_lr at decay_iters, then flat (nanoGPT)."""
+SCHEDULES = ('wsd', 'cosine')
+
+
+def lr_multiplier(it, max_iters, warmup_iters, schedule, warmdown_frac, final_lr_frac):
+    """The factor on every group's base learning rate at iteration it: linear warmup, then
+    'cosine': cosine decay to final_lr_frac at max_iters (nanoGPT);
+    'wsd' (warmup-stable-decay): constant, then a linear warmdown to final_lr_frac over the last
+    warmdown_frac of the run (nanochat, modded-nanogpt)."""
     if it < warmup_iters:
-        return lr * (it + 1) / (warmup_iters + 1)
-    if it > decay_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+        return (it + 1) / (warmup_iters + 1)
+    if schedule == 'cosine':
+        ratio = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
+        return final_lr_frac + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (1.0 - final_lr_frac)
+    left = (max_iters - it) / max(1, round(warmdown_frac * max_iters))  # 1 at the warmdown's start
+    return 1.0 if left >= 1 else final_lr_frac + max(0.0, left) * (1.0 - final_lr_frac)
 
 
 # -----------------------------------------------------------------------------
@@ -84,6 +122,13 @@ def cosine_lr(it, lr, min_lr, warmup_iters, decay_iters):
 def save_checkpoint(path, ckpt):
     """torch.save to a temp file, then rename: a kill mid-write never leaves a broken ckpt.pt."""
     atomic_write(path, lambda f: torch.save(ckpt, f), mode='wb')
+
+
+def model_path(run_dir):
+    """The checkpoint a run's model is used from: best.pt where the run kept its lowest-val-loss
+    state (SFT), else ckpt.pt."""
+    best = os.path.join(run_dir, 'best.pt')
+    return best if os.path.isfile(best) else os.path.join(run_dir, 'ckpt.pt')
 
 
 def load_checkpoint(path, device='cpu'):
@@ -115,9 +160,9 @@ def resume_state(ckpt):
     so that a resumed run draws the same batches and dropout masks as an uninterrupted one."""
     if ckpt is None:
         return dict(iter_num=0, best_val_loss=float('inf'), history=[], data_rng=None, torch_rng=None,
-                    cuda_rng=None)
-    keys = ('iter_num', 'best_val_loss', 'history', 'data_rng', 'torch_rng', 'cuda_rng')
-    return {k: ckpt.get(k) for k in keys}
+                    cuda_rng=None, train_time=0.0)
+    keys = ('iter_num', 'best_val_loss', 'history', 'data_rng', 'torch_rng', 'cuda_rng', 'train_time')
+    return dict({k: ckpt.get(k) for k in keys}, train_time=ckpt.get('train_time') or 0.0)
 
 
 def padded_vocab(meta):
@@ -128,13 +173,28 @@ def padded_vocab(meta):
 # -----------------------------------------------------------------------------
 # the loop
 
-def train(model, optimizer, get_batch, cfg, env, state, ckpt_extra):
+def lm_loss(model, batch):
+    """The plain language-model loss of a batch (x, y, ...): what pretraining and SFT minimize."""
+    return model(batch[0], batch[1])[1]
+
+
+def evals_since_best(history):
+    """How many evaluations have passed since the lowest val loss (early stopping's patience)."""
+    vals = [h['val_loss'] for h in history if 'val_loss' in h]
+    return len(vals) - 1 - vals.index(min(vals)) if vals else 0
+
+
+def train(model, optimizer, get_batch, cfg, env, state, ckpt_extra, loss_fn=lm_loss):
     """Train `model` until cfg['max_iters'].
 
-    get_batch(split, gen, micro_ids) -> list of (x, y) for the micro-batch numbers in micro_ids, out
-    of world * grad_accum drawn from gen for this iteration. cfg: the stage's config in
-    pretrain.py's names (anchor_sft.py maps its sft_* keys). state: resume_state() of a fresh start
-    or a checkpoint. ckpt_extra: what else goes into every checkpoint (model args, config, meta).
+    get_batch(split, gen, micro_ids) -> list of batches (x, y, ...) for the micro-batch numbers in
+    micro_ids, out of world * grad_accum drawn from gen for this iteration. loss_fn(model, batch):
+    the training loss (evaluation always reports lm_loss, comparable across methods). cfg: the
+    stage's config in pretrain.py's names (anchor_sft.py maps its sft_* keys). state:
+    resume_state() of a fresh start or a checkpoint. ckpt_extra: what else goes into every
+    checkpoint (model args, config, meta). With cfg['keep_best'], the checkpoint of the lowest val
+    loss so far is also kept as best.pt, and with cfg['patience'] training stops after that many
+    evaluations without a lower val loss (SFT: its length is chosen by val loss).
     """
     device, device_type, master = env['device'], env['device_type'], env['master']
     world, rank = env['world'], env['rank']
@@ -156,51 +216,59 @@ def train(model, optimizer, get_batch, cfg, env, state, ckpt_extra):
         if device_type == 'cuda' and state['cuda_rng'] is not None:
             torch.cuda.set_rng_state_all(state['cuda_rng'])
     flops = peak_flops(device_type, cfg['cpu_peak_flops'])
-    ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+    it0 = state['iter_num']
+    ckpt_path, log_path = os.path.join(cfg['out_dir'], 'ckpt.pt'), os.path.join(cfg['out_dir'], 'log.json')
 
     @torch.no_grad()
     def evaluate():
         """Mean loss over eval_iters batches drawn from a fixed seed: comparable across runs."""
         model.eval()
         out = {}
-        for split in ('train', 'val'):
+        for split in cfg.get('eval_splits', ('train', 'val')):
             eg = torch.Generator().manual_seed(1234)
             losses = []
             for _ in range(cfg['eval_iters']):
-                x, y = get_batch(split, eg, [0])[0]
                 with ctx:
-                    losses.append(raw(x, y)[1].item())
+                    losses.append(lm_loss(raw, get_batch(split, eg, [0])[0]).item())
             out[split] = sum(losses) / len(losses)
         model.train()
         return out
 
-    def checkpoint():
+    def checkpoint(best):
         ckpt = dict(ckpt_extra, model=raw.state_dict(), optimizer=optimizer.state_dict(),
                     iter_num=state['iter_num'], best_val_loss=state['best_val_loss'],
                     history=state['history'], data_rng=gen.get_state(),
-                    torch_rng=torch.get_rng_state(),
+                    torch_rng=torch.get_rng_state(), train_time=state['train_time'],
                     cuda_rng=torch.cuda.get_rng_state_all() if device_type == 'cuda' else None)
+        # log.json, then best.pt, then ckpt.pt: a kill between two writes leaves a log that is ahead
+        # of ckpt.pt (a resume rewrites it from ckpt.pt) and a ckpt.pt that redoes this evaluation
+        write_json(log_path, state['history'])
+        if best:
+            save_checkpoint(os.path.join(cfg['out_dir'], 'best.pt'), ckpt)
         save_checkpoint(ckpt_path, ckpt)
-        write_json(os.path.join(cfg['out_dir'], 'log.json'), state['history'])
 
+    if master and it0 == 0 and os.path.exists(os.path.join(cfg['out_dir'], 'best.pt')):
+        os.remove(os.path.join(cfg['out_dir'], 'best.pt'))  # a fresh run: another run's best is not ours
+    if master and it0 > 0:
+        write_json(log_path, state['history'])  # the log of the checkpoint we resume from
     model.train()
     it = state['iter_num']
     bar = tqdm(total=cfg['max_iters'], initial=it, disable=not master or not cfg['progress'],
                desc=cfg.get('desc', 'train'), dynamic_ncols=True)
     t0 = t_start = time.time()
-    while it < cfg['max_iters']:
-        lr = cosine_lr(it, cfg['learning_rate'], cfg['min_lr'], cfg['warmup_iters'], cfg['lr_decay_iters'])
+    while it < cfg['max_iters'] and not (cfg.get('patience') and evals_since_best(state['history']) >= cfg['patience']):
+        lrm = lr_multiplier(it, cfg['max_iters'], cfg['warmup_iters'], cfg['lr_schedule'], cfg['warmdown_frac'],
+                            cfg['final_lr_frac'])
         for group in optimizer.param_groups:
-            group['lr'] = lr
+            group['lr'] = group['base_lr'] * lrm
         batches = get_batch('train', gen, my_micro)
         loss_sum = torch.zeros((), device=device)
-        tokens_per_iter = sum(x.numel() for x, _ in batches) * world  # SFT rows vary in length
-        for i, (x, y) in enumerate(batches):
+        tokens_per_iter = sum(b[0].numel() for b in batches) * world  # SFT rows vary in length
+        for i, batch in enumerate(batches):
             if env['ddp']:  # sync gradients only on the last micro-step
                 model.require_backward_grad_sync = i == accum - 1
             with ctx:
-                _, loss = model(x, y)
-                loss = loss / accum
+                loss = loss_fn(model, batch) / accum
             loss.backward()
             loss_sum += loss.detach()
         if cfg['grad_clip'] > 0:
@@ -212,27 +280,36 @@ def train(model, optimizer, get_batch, cfg, env, state, ckpt_extra):
         it += 1
         state['iter_num'] = it
         bar.update(1)
-        if not master:
-            continue
-        loss_val = loss_sum.item()  # a sync point: dt below is a real step time
-        dt = time.time() - t0
-        t0 = time.time()
-        entry = {'iter': it, 'loss': loss_val, 'lr': lr}
-        bar.set_postfix(loss=f"{loss_val:.3f}")
-        if it % cfg['log_interval'] == 0 or it == cfg['max_iters']:
-            mfu = raw.estimate_mfu(tokens_per_iter, dt, flops) if flops else None
-            bar.write(f"iter {it}: loss {loss_val:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, "
-                      f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ''))
-        if it % cfg['eval_interval'] == 0 or it == cfg['max_iters']:
-            losses = evaluate()
-            entry.update(train_loss=losses['train'], val_loss=losses['val'])
-            bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            state['best_val_loss'] = min(state['best_val_loss'], losses['val'])
+        is_eval = it % cfg['eval_interval'] == 0 or it == cfg['max_iters']
+        if master:
+            loss_val = loss_sum.item()  # a sync point: dt below is a real step time
+            dt = time.time() - t0
+            state['train_time'] += dt
+            entry = {'iter': it, 'loss': loss_val, 'lr_mult': lrm, 'time': round(state['train_time'], 3)}
+            bar.set_postfix(loss=f"{loss_val:.3f}")
+            if it % cfg['log_interval'] == 0 or it == cfg['max_iters']:
+                mfu = raw.estimate_mfu(tokens_per_iter, dt, flops) if flops else None
+                bar.write(f"iter {it}: loss {loss_val:.4f}, lr x{lrm:.3f}, {dt * 1000:.0f} ms/iter, "
+                          f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ''))
+            if is_eval:
+                losses = evaluate()
+                entry.update({f'{k}_loss': v for k, v in losses.items()})
+                bar.write(f"iter {it}: " + ', '.join(f"{k} loss {v:.4f}" for k, v in losses.items()))
+                best = losses['val'] < state['best_val_loss']
+                state['best_val_loss'] = min(state['best_val_loss'], losses['val'])
             state['history'].append(entry)
-            checkpoint()
+            if is_eval:
+                checkpoint(best and cfg.get('keep_best', False))
             t0 = time.time()  # evaluation and saving are not step time
-        else:
-            state['history'].append(entry)
+        if is_eval and cfg.get('patience'):  # every rank stops with the first
+            stop = torch.tensor([float(master and evals_since_best(state['history']) >= cfg['patience'])],
+                                device=device)
+            if env['ddp']:
+                dist.broadcast(stop, 0)
+            if stop.item():
+                if master:
+                    bar.write(f"iter {it}: no better val loss in {cfg['patience']} evaluations, stopping")
+                break
     bar.close()
     if master:
         val = [h['val_loss'] for h in state['history'] if 'val_loss' in h][-1:]

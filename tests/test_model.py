@@ -1,12 +1,23 @@
-"""model.py: loss masking, KV-cache generation equals full recomputation, batching, optimizer groups."""
+"""model.py: loss masking, KV-cache generation equals full recomputation (both recipes), rotary
+positions, batching, optimizer groups, the learning-rate schedule."""
+import math
+
+import pytest
 import torch
 
 from model import GPT, GPTConfig, IGNORE_INDEX
+from training import lr_multiplier
 
 
-def tiny(block_size=48, seed=0):
+def tiny(block_size=48, seed=0, recipe='modern'):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=block_size, vocab_size=97, n_layer=2, n_head=2, n_embd=32)).eval()
+    m = GPT(GPTConfig(block_size=block_size, vocab_size=97, n_layer=2, n_head=2, n_embd=32, recipe=recipe))
+    if recipe == 'modern':  # zero-initialized projections make every block the identity: perturb them
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if name.endswith('c_proj.weight'):
+                    p.normal_(0, 0.1)
+    return m.eval()
 
 
 def test_loss_ignores_masked_targets():
@@ -22,12 +33,33 @@ def test_loss_ignores_masked_targets():
     assert not torch.allclose(part, full)
 
 
-def test_kv_cache_greedy_matches_no_cache():
-    m = tiny()
-    idx = torch.randint(97, (3, 7))
+@pytest.mark.parametrize('recipe', ['modern', 'gpt2'])
+@pytest.mark.parametrize('prompt_len', [1, 7])
+def test_kv_cache_greedy_matches_no_cache(recipe, prompt_len):
+    """The rotary angle of a cached key is its position: cached generation must see the same
+    positions as re-running the whole context, from a one-token and from a longer prompt."""
+    m = tiny(recipe=recipe)
+    idx = torch.randint(97, (3, prompt_len))
     a, _ = m.generate(idx, 30, temperature=0)
     b, _ = m.generate(idx, 30, temperature=0, use_cache=False)
     assert torch.equal(a, b)
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+    """q . k after rotary depends on the distance between their positions, not on where they sit."""
+    from model import apply_rotary, rotary_table
+    cfg = GPTConfig(block_size=64, n_head=2, n_embd=32)
+    rope = rotary_table(cfg)
+    q, k = torch.randn(1, 1, 2, 16), torch.randn(1, 1, 2, 16)
+
+    def score(i, j):
+        return (apply_rotary(q, rope[i:i + 1]) * apply_rotary(k, rope[j:j + 1])).sum(-1)
+    assert torch.allclose(score(5, 2), score(40, 37), atol=1e-5)
+    assert torch.allclose(score(0, 0), (q * k).sum(-1), atol=1e-6)  # position 0: no rotation
+    assert not torch.allclose(score(5, 2), score(5, 4), atol=1e-3)
+    # a rotation keeps the norm of every channel pair
+    r = apply_rotary(q, rope[17:18]).view(2, 8, 2).norm(dim=-1)
+    assert torch.allclose(r, q.view(2, 8, 2).norm(dim=-1), atol=1e-6)
 
 
 def test_kv_cache_prefill_logits_match():
@@ -60,6 +92,22 @@ def test_batched_greedy_matches_one_at_a_time():
         assert torch.equal(batched[i], single[0])
 
 
+@pytest.mark.parametrize('recipe', ['modern', 'gpt2'])
+@pytest.mark.parametrize('use_cache', [True, False])
+def test_left_padded_prompts_of_different_lengths(recipe, use_cache):
+    """Prompts of different lengths in one batch, left-padded: every row generates (greedy) what it
+    generates alone, with and without the KV cache (own positions, padding never attended to)."""
+    m = tiny(recipe=recipe)
+    prompts = [torch.randint(97, (n,)) for n in (1, 5, 9)]
+    L = max(len(p) for p in prompts)
+    idx = torch.stack([torch.cat([torch.full((L - len(p),), 7), p]) for p in prompts])
+    pad = torch.tensor([L - len(p) for p in prompts])
+    batched, _ = m.generate(idx, 20, temperature=0, pad=pad, use_cache=use_cache)
+    for i, p in enumerate(prompts):
+        alone, _ = m.generate(p[None], 20, temperature=0)
+        assert torch.equal(batched[i], alone[0]), i
+
+
 def test_stop_ids_and_phase_temperature():
     m = tiny()
     idx = torch.randint(97, (8, 4))
@@ -83,13 +131,44 @@ def test_generate_respects_block_size():
     assert new.shape == (2, 6)
 
 
-def test_optimizer_decays_only_matrices():
-    m = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16, bias=True))
-    opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
+def test_adamw_decays_only_matrices():
+    m = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16, recipe='gpt2'))
+    opt = m.configure_optimizers('adamw', 1e-3, 0.02, 0.1, (0.9, 0.95), 'cpu')
     decay, no_decay = opt.param_groups
     assert decay['weight_decay'] == 0.1 and all(p.dim() == 2 for p in decay['params'])
     assert no_decay['weight_decay'] == 0.0 and all(p.dim() == 1 for p in no_decay['params'])
     assert len(decay['params']) + len(no_decay['params']) == len(list(m.parameters()))
+    assert decay['base_lr'] == no_decay['base_lr'] == 1e-3
+
+
+def test_muon_takes_the_hidden_matrices_adamw_the_rest():
+    m = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=16))
+    opt = m.configure_optimizers('muon', 1e-3, 0.02, 0.0, (0.9, 0.95), 'cpu')
+    muon, adamw = opt.opts
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    hidden = {id(p) for n, p in m.named_parameters() if n.startswith('transformer.h.')}
+    assert {id(p) for p in muon.param_groups[0]['params']} == hidden and len(hidden) == 2 * 6
+    rest = {id(p) for g in adamw.param_groups for p in g['params']}
+    assert rest == {id(m.transformer.wte.weight), id(m.lm_head.weight)}  # untied: two tensors
+    assert muon.param_groups[0]['base_lr'] == 0.02 and adamw.param_groups[0]['base_lr'] == 1e-3
+    # one step moves every parameter; the state of both optimizers round-trips
+    x = torch.randint(64, (2, 8))
+    m(x, x)[1].backward()
+    opt.step()
+    opt2 = m.configure_optimizers('muon', 1e-3, 0.02, 0.0, (0.9, 0.95), 'cpu')
+    opt2.load_state_dict(opt.state_dict())
+    assert len(opt2.opts[0].state) == 12 and len(opt2.opts[1].state) == 2
+
+
+def test_lr_schedules():
+    # wsd: warmup to 1 over 10 iters, constant, linear warmdown over the last 40 of 100 to 0.1
+    f = lambda it: lr_multiplier(it, 100, 10, 'wsd', 0.4, 0.1)
+    assert f(0) == pytest.approx(1 / 11) and f(10) == 1.0 and f(60) == 1.0
+    assert f(80) == pytest.approx(0.1 + 0.5 * 0.9) and f(100) == pytest.approx(0.1)
+    # cosine: halfway between warmup end and max_iters it is halfway between 1 and the floor
+    g = lambda it: lr_multiplier(it, 110, 10, 'cosine', 0.4, 0.1)
+    assert g(10) == 1.0 and g(60) == pytest.approx(0.55) and g(110) == pytest.approx(0.1)
+    assert g(500) == pytest.approx(0.1) and not math.isnan(f(500))
 
 
 def test_mfu_formula():
@@ -110,3 +189,22 @@ def test_forced_tokens_replace_samples_per_row():
     assert torch.equal(new[0, 2:], cont[0])
     free, _ = m.generate(idx[2:], 8, temperature=0)
     assert torch.equal(new[2], free[0])
+    # generation past a forced annotation: the KV cache gives the tokens of full recomputation
+    slow, _ = m.generate(idx, 8, temperature=0, forced=forced, use_cache=False)
+    assert torch.equal(new, slow)
+
+
+def test_sample_next_draws_from_the_distribution():
+    """Inverse-CDF sampling: frequencies follow the probabilities, a zero-probability token is never
+    drawn, top_k and top_p cut the tail, temperature 0 is the argmax."""
+    from model import sample_next
+    n = 100000
+    logits = torch.log(torch.tensor([[0.1, 0.0, 0.6, 0.3]])).repeat(n, 1)
+    ones = torch.ones(n)
+    freq = torch.bincount(sample_next(logits, ones, generator=torch.Generator().manual_seed(0)), minlength=4) / n
+    assert torch.allclose(freq, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.01) and freq[1] == 0
+    top2 = sample_next(logits, ones, top_k=2, generator=torch.Generator().manual_seed(1))
+    assert set(top2.tolist()) == {2, 3}
+    top_p = sample_next(logits, ones, top_p=0.5, generator=torch.Generator().manual_seed(2))
+    assert set(top_p.tolist()) == {2}  # 0.6 alone covers half the mass
+    assert set(sample_next(logits[:5], torch.zeros(5)).tolist()) == {2}

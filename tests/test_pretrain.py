@@ -45,6 +45,8 @@ def test_ddp_two_ranks_match_one_rank_with_double_accumulation(tiny_data, tmp_pa
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert 'x2' in r.stdout  # really two ranks (gloo)
+    # Muon (the default) on both: each rank orthogonalizes the all-reduced gradient, the same matrix
+    assert torch.load(tmp_path / 'two' / 'ckpt.pt', weights_only=False)['config']['optimizer'] == 'muon'
     one, two = losses(tmp_path / 'one'), losses(tmp_path / 'two')
     assert len(one) == len(two) == 4
     assert one == pytest.approx(two, rel=1e-4, abs=1e-5)
@@ -65,6 +67,7 @@ def test_resume_after_sigkill_ends_at_same_loss(tiny_data, tmp_path):
     p.wait()
     ckpt = torch.load(out / 'ckpt.pt', weights_only=False)  # never half-written: it loads
     assert 0 < ckpt['iter_num'] < 150, 'the kill must land mid-run'
+    assert ckpt['config']['optimizer'] == 'muon'  # the default: Muon's momentum resumes exactly too
     run('pretrain.py', *common, f'--out_dir={out}', '--init_from=resume')
     assert final_val(out) == pytest.approx(final_val(tmp_path / 'straight'), abs=1e-5)
     assert losses(out) == pytest.approx(losses(tmp_path / 'straight'), abs=1e-5)
