@@ -11,18 +11,30 @@ Anchored SFT masks the annotation z, so the model learns the response style Q*(y
 data but its annotation distribution R(z|x) stays the broad one of pretraining (paper, method).
 In a small fraction of rows (paper: 0.3%) the keys and delimiters of z are supervised too, to keep
 the annotation format stable; the values stay masked. Same loop, DDP and checkpoints as pretrain.py.
+
+Keeping R(z|x) at small scale (DESIGN.md section 1.8): masking z removes the SFT gradient that would
+pull R(z|x) toward the narrow SFT data, but the shared weights of a small model still drift (the
+response style leaks into the annotation, the annotation format is forgotten). anchor_prior='distill'
+adds prior distillation: lambda * KL(R_pre(. | z_<t) || R_theta(. | x, z_<t)) at the annotation
+positions t, where R_pre is the frozen annotated-pretrained model (the SFT's starting point) reading
+the same annotation after <|bos|><|ann|>, i.e. exactly the pretraining prior the paper wants kept.
+The SFT rows' own annotation values are never targets (that would pull R(z|x) to the narrow slice).
+
+SFT length, the same rule for every method: the loop keeps the checkpoint of the lowest SFT val loss
+as best.pt (sample.py uses it) and stops after sft_patience evaluations without a lower one.
 """
-import math
 import os
 import random
 from collections import Counter
 
 import torch
+import torch.nn.functional as F
 
 from common import UserError, main_guard, read_jsonl, write_json
-from formats import IGNORE, load_meta, load_tokenizer, parse_annotation, sft_example
-from training import (check_meta, load_checkpoint, model_from_checkpoint, resume_state, setup_device,
-                      train)
+from formats import BOS, IGNORE, annotation_span, load_meta, load_tokenizer, parse_annotation, sft_example
+from metrics import entropy_bits
+from training import (check_meta, check_training_config, lm_loss, load_checkpoint, model_from_checkpoint,
+                      resume_state, setup_device, train)
 
 # -----------------------------------------------------------------------------
 # default config; keys shared with pretrain.py in one config file keep their meaning
@@ -32,15 +44,20 @@ out_dir = 'out/sft'
 data_dir = ''  # '' = the data dir the pretrained checkpoint was trained on
 method = 'sft'  # 'sft' (standard) or 'anchor' (annotation-anchored)
 key_fraction = 0.003  # anchored: fraction of rows whose annotation keys are supervised (paper: 0.3%)
+anchor_prior = 'mask'  # anchored: 'mask' (the paper: z is only masked) or 'distill' (+ prior distillation)
+distill_weight = 1.0  # lambda of the prior-distillation KL (per annotation position, like the LM loss per token)
 sft_topics = ''  # keep only rows whose annotation value of meta's sft_key is one of these ('' = all):
 sft_max_rows = 0  # and at most this many (0 = all); together: SFT sets of chosen semantic entropy
 init_from = 'pretrained'  # 'pretrained' (from init_dir) or 'resume' (from out_dir)
 sft_iters = 300
 sft_batch_size = 16
-sft_learning_rate = 3e-4
-sft_min_lr = 3e-5
+# the optimizer of the pretraining run (muon or adamw), at this fraction of its learning rates
+sft_lr_frac = 0.1
 sft_warmup_iters = 20
+sft_warmdown_frac = 0.5  # then constant, then a linear warmdown over this last fraction ...
+sft_final_lr_frac = 0.0  # ... to this fraction
 sft_eval_interval = 100
+sft_patience = 2  # stop after this many evaluations without a lower SFT val loss (0 = run all sft_iters)
 gradient_accumulation_steps = 1
 eval_iters = 20
 log_interval = 10
@@ -68,9 +85,17 @@ def load_rows(path, enc, sp, block_size, anchored, rng, what, sft_key):
     sft_max_rows are kept."""
     rows = read_jsonl(path, what)
     for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise UserError(f"{path}: row {i + 1} is not a JSON object")
         missing = [k for k in ('prompt', 'response') + (('annotation',) if anchored else ()) if k not in r]
         if missing:
             raise UserError(f"{path}: row {i + 1} has no {', '.join(missing)} field")
+        bad = [k for k in ('prompt', 'response', 'annotation') if k in r and not isinstance(r[k], str)
+               and not (k == 'annotation' and r[k] is None)]
+        if bad:
+            raise UserError(f"{path}: row {i + 1}: field '{bad[0]}' is {type(r[bad[0]]).__name__}, not text")
+        if anchored and r['annotation'] is None:
+            raise UserError(f"{path}: row {i + 1}: method='anchor' needs an annotation, got null")
     if anchored and not any(r.get('annotation') for r in rows):
         raise UserError(f"method='anchor' needs annotated SFT rows, but {path} has no annotations")
     topic = lambda r: dict(parse_annotation(r.get('annotation'))).get(sft_key)
@@ -97,8 +122,26 @@ def load_rows(path, enc, sp, block_size, anchored, rng, what, sft_key):
     return out, [topic(r) for r in fits]
 
 
-def make_get_batch(rows, device):
-    """Random rows, right-padded to the longest in the micro-batch; padding is never a target."""
+def distill_inputs(seqs, sp):
+    """Prior distillation's view of anchored rows: the teacher's input <|bos|><|ann|> z per row,
+    the student's positions that predict z and <|text|> (start..end-1 of annotation_span), and a
+    mask; padded to the longest annotation. Teacher position j + 1 and student position start + j
+    predict the same token, so teacher logits [:, 1:] line up with the student positions."""
+    spans = [annotation_span(ids, sp) for ids in seqs]
+    P = max(e - s for s, e in spans)
+    t_in = torch.zeros(len(seqs), P + 1, dtype=torch.long)
+    s_pos = torch.zeros(len(seqs), P, dtype=torch.long)
+    mask = torch.zeros(len(seqs), P, dtype=torch.bool)
+    for b, (ids, (s, e)) in enumerate(zip(seqs, spans)):
+        t_in[b, :e - s + 1] = torch.tensor([sp[BOS]] + ids[s:e])
+        s_pos[b, :e - s] = torch.arange(s, e)
+        mask[b, :e - s] = True
+    return t_in, s_pos, mask
+
+
+def make_get_batch(rows, device, sp=None):
+    """Random rows, right-padded to the longest in the micro-batch; padding is never a target.
+    With sp (prior distillation) every batch also carries distill_inputs."""
     def get_batch(split, gen, micro_ids):
         data = rows[split]
         n = gradient_accumulation_steps if split == 'train' else 1
@@ -112,14 +155,53 @@ def make_get_batch(rows, device):
             for b, (ids, targets) in enumerate(batch):
                 x[b, :len(ids)] = torch.tensor(ids)
                 y[b, :len(targets)] = torch.tensor(targets)
-            out.append((x.to(device), y.to(device)))
+            extra = distill_inputs([ids for ids, _ in batch], sp) if sp is not None else ()
+            out.append(tuple(t.to(device) for t in (x, y, *extra)))
         return out
     return get_batch
 
 
+def distill_kl(student_logits, teacher_logits, mask):
+    """Mean over the masked positions of KL(teacher || student) of the next-token distributions
+    (a mean, like the SFT loss it is added to, so distill_weight is a per-token weight):
+    logits (B, P, V), mask (B, P). Forward KL (teacher-weighted) keeps every annotation the prior
+    would write likely under the student, i.e. it keeps R(z) broad. Zero where they agree."""
+    t = F.log_softmax(teacher_logits.float(), dim=-1)
+    s = F.log_softmax(student_logits.float(), dim=-1)
+    kl = (t.exp() * (t - s)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def prior_distill_loss(teacher, weight):
+    """loss_fn for the training loop: the SFT loss plus weight * the prior-distillation KL."""
+    def loss_fn(model, batch):
+        x, y, t_in, s_pos, mask = batch
+        logits, loss = model(x, y)
+        with torch.no_grad():
+            t_logits = teacher(t_in, all_logits=True)[0][:, 1:]
+        s_logits = logits.gather(1, s_pos[..., None].expand(-1, -1, logits.size(-1)))
+        return loss + weight * distill_kl(s_logits, t_logits, mask)
+    return loss_fn
+
+
+def load_teacher(ckpt, device):
+    """The frozen annotated-pretrained model whose annotation prior distillation keeps: the SFT's
+    own starting point (for a resumed run, the one it started from)."""
+    pre = ckpt if ckpt.get('stage') == 'pretrain' else load_checkpoint(os.path.join(ckpt['init_dir'], 'ckpt.pt'))
+    if pre.get('stage') != 'pretrain' or not pre.get('annotated'):
+        raise UserError("anchor_prior='distill' needs an annotated pretrained init_dir (the prior to keep); "
+                        "use anchor_prior='mask' on a plain pretrained model")
+    teacher = model_from_checkpoint(pre, device).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
 def main():
-    if method not in ('sft', 'anchor'):
-        raise UserError(f"method must be 'sft' or 'anchor', got '{method}'")
+    check_training_config(config, positive=('sft_iters', 'sft_batch_size', 'sft_eval_interval'),
+                          nonneg=('sft_lr_frac', 'sft_warmup_iters', 'distill_weight', 'sft_max_rows', 'sft_patience'),
+                          fractions=('key_fraction', 'sft_warmdown_frac', 'sft_final_lr_frac'),
+                          choices=dict(method=('sft', 'anchor'), anchor_prior=('mask', 'distill'),
+                                       init_from=('pretrained', 'resume')))
     if threads:
         torch.set_num_threads(threads)
     env = setup_device(device, backend)
@@ -127,18 +209,21 @@ def main():
         ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
         if ckpt.get('stage') != 'sft' or ckpt.get('method') != method:
             raise UserError(f"{out_dir}/ckpt.pt is not a method='{method}' SFT checkpoint")
-    elif init_from == 'pretrained':
+        if ckpt.get('anchor_prior') != (anchor_prior if method == 'anchor' else None):
+            raise UserError(f"{out_dir}/ckpt.pt was trained with anchor_prior={ckpt.get('anchor_prior')}, "
+                            f"not {anchor_prior}")
+    else:
         ckpt = load_checkpoint(os.path.join(init_dir, 'ckpt.pt'))
         if ckpt.get('stage') != 'pretrain':
             raise UserError(f"{init_dir}/ckpt.pt is a '{ckpt.get('stage')}' checkpoint, not a pretrained one")
-    else:
-        raise UserError(f"init_from must be 'pretrained' or 'resume', got '{init_from}'")
     ddir = data_dir or ckpt['data_dir']
     meta = load_meta(ddir)
     check_meta(ckpt, meta, ddir)
     anchored = method == 'anchor'
     if anchored and not meta.get('annotation_keys'):
         raise UserError(f"method='anchor' needs a data dir with annotations; {ddir} has none")
+    distill = anchored and anchor_prior == 'distill'
+    teacher = load_teacher(ckpt, env['device']) if distill else None
     enc, sp = load_tokenizer(ddir, meta), meta['special_tokens']
     model_args = dict(ckpt['model_args'], dropout=dropout)
     block_size = model_args['block_size']
@@ -150,28 +235,35 @@ def main():
     torch.manual_seed(seed + env['rank'])
     ckpt['model_args'] = model_args
     model = model_from_checkpoint(ckpt, env['device'])
-    optimizer = model.configure_optimizers(weight_decay, sft_learning_rate, (beta1, beta2), env['device_type'])
+    pre = ckpt['config'] if init_from == 'pretrained' else ckpt['pretrain_config']
+    optimizer = model.configure_optimizers(pre['optimizer'], sft_lr_frac * pre['learning_rate'],
+                                           sft_lr_frac * pre['matrix_lr'], weight_decay, (beta1, beta2),
+                                           env['device_type'])
     state = resume_state(None)
     if init_from == 'resume':
         optimizer.load_state_dict(ckpt['optimizer'])
         state = resume_state(ckpt)
     if env['master']:
-        os.makedirs(out_dir, exist_ok=True)
         # the semantic entropy of the post-training data: what SFT's output entropy tracks (paper)
         counts = Counter(topics['train'])
         write_json(os.path.join(out_dir, 'sft_set.json'), dict(
             rows=len(rows['train']), sft_key=meta.get('sft_key'), counts=dict(counts),
-            entropy_bits=sum(-c / len(rows['train']) * math.log2(c / len(rows['train'])) for c in counts.values()) + 0.0))
+            entropy_bits=entropy_bits(topics['train'])))
         epochs = sft_iters * sft_batch_size * gradient_accumulation_steps / len(rows['train'])
         print(f"{method} SFT of {init_dir if init_from == 'pretrained' else out_dir}: {len(rows['train'])} rows, "
               f"{sft_iters} iters ({epochs:.1f} epochs) on {env['device']} x{env['world']}")
     cfg = dict(config, batch_size=sft_batch_size, block_size=block_size, max_iters=sft_iters,
-               learning_rate=sft_learning_rate, min_lr=sft_min_lr, warmup_iters=sft_warmup_iters,
-               lr_decay_iters=sft_iters, eval_interval=sft_eval_interval, desc=f'{method} SFT')
+               warmup_iters=sft_warmup_iters, lr_schedule='wsd', warmdown_frac=sft_warmdown_frac,
+               final_lr_frac=sft_final_lr_frac, eval_interval=sft_eval_interval, keep_best=True,
+               patience=sft_patience, eval_splits=('val',), desc=f'{method} SFT')
     extra = dict(stage='sft', method=method, model_args=model_args, config=config, data_dir=ddir,
-                 meta_fingerprint=meta['fingerprint'], init_dir=init_dir,
+                 meta_fingerprint=meta['fingerprint'], pretrain_config=pre,
+                 init_dir=ckpt['init_dir'] if init_from == 'resume' else init_dir,
                  annotated=ckpt.get('annotated', False))
-    train(model, optimizer, make_get_batch(rows, env['device']), cfg, env, state, extra)
+    extra['anchor_prior'] = anchor_prior if anchored else None
+    loss_fn = prior_distill_loss(teacher, distill_weight) if distill else lm_loss
+    train(model, optimizer, make_get_batch(rows, env['device'], sp if distill else None), cfg, env, state, extra,
+          loss_fn)
     if env['ddp']:
         torch.distributed.destroy_process_group()
 

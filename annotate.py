@@ -8,7 +8,8 @@ SFT / evaluation sets (DESIGN.md sections 1-4; paper arXiv 2605.09995, section 3
         --fields=topic:topic,theme:theme,style:style --sft_key=topic --sft_values=...   # needs network
 
 Writes data/<name>/: tokenizer.json (bpe), {plain,annotated}_{train,val}.bin (uint16 token streams),
-sft_{train,val}.jsonl, eval_prompts.jsonl, heldout.jsonl and, last of all, meta.json.
+sft_{train,val}.jsonl, eval_prompts.jsonl, heldout.jsonl, words.txt (the words of the pretraining
+text, for diversity.py's fluency proxy) and, last of all, meta.json.
 """
 import importlib.util
 import itertools
@@ -22,9 +23,10 @@ from collections import Counter
 import datasets
 import numpy as np
 
-from common import UserError, atomic_write, main_guard, write_jsonl, write_json
-from formats import (SPECIALS, DEFAULT_PATTERN, encode_annotation, fingerprint, format_annotation, load_tokenizer,
-                     parse_annotation, pretrain_doc, save_tokenizer)
+from common import (UserError, atomic_write, check_config, check_out_dir, clean_stale_temps, main_guard, write_json,
+                    write_jsonl, write_text)
+from formats import (SPECIALS, DEFAULT_PATTERN, WORD, annotation_pieces, encode_annotation, fingerprint,
+                     format_annotation, load_tokenizer, parse_annotation, pretrain_doc, save_tokenizer)
 
 # -----------------------------------------------------------------------------
 # default config
@@ -35,6 +37,8 @@ hf_config = ''  # config (subset) name of a hub dataset, e.g. 'sample-10BT' for 
 text_column = ''  # '' = 'extract' for wiki, 'text' otherwise
 text_sample_by = 'paragraph'  # .txt files: one row per 'line', 'paragraph' or 'document'
 max_docs = 0  # use the first max_docs documents (0 = all)
+max_sentences = 0  # shaping: keep only the first max_sentences sentences of every document (0 = all)
+exclude = ''  # drop documents annotated with one of these 'key:value' pairs (comma-separated)
 chunk_regex = r'\n\s*\n'  # documents are split into chunks on blank lines (paper: <z1> x1 <z2> x2 ...)
 # annotations
 annotator = 'fields'  # 'fields' (from dataset columns) or 'keywords' (top TF-IDF terms, for unlabeled corpora)
@@ -81,7 +85,12 @@ EVAL_ONLY_PROMPTS = [  # never seen in SFT: does diversity carry over to new pro
     "Inform me about a random thing.",
     "Give me an interesting summary of something.",
 ]
+OUTPUTS = ('meta.json', 'tokenizer.json', 'plain_train.bin', 'plain_val.bin', 'annotated_train.bin',
+           'annotated_val.bin', 'sft_train.jsonl', 'sft_val.jsonl', 'eval_prompts.jsonl', 'heldout.jsonl', 'words.txt')
 TEXT_EXTS = {'.json': 'json', '.jsonl': 'json', '.parquet': 'parquet', '.txt': 'text'}
+# a sentence ends at . ! or ? after a lowercase letter, digit or closing mark (not after an initial
+# such as 'C.' or 'U.S.'), followed by space and an uppercase letter, digit or opening mark
+SENTENCE_END = re.compile(r'(?<=[a-z0-9)\]"\'][.!?])\s+(?=[A-Z0-9"\'(\[])')
 
 
 def wiki_path():
@@ -166,16 +175,42 @@ def keyword_annotations(texts):
     return out
 
 
+def first_sentences(text, n):
+    """The first n sentences of text, its line breaks kept (n = 0: all of it). Shaping for a small
+    model: the opening sentences of a document are its most predictable and most on-topic part."""
+    if n:
+        ends = [m.start() for m in itertools.islice(SENTENCE_END.finditer(text), n)]
+        if len(ends) == n:
+            return text[:ends[-1]]
+    return text
+
+
+def parse_exclude():
+    """'key:value,...' -> {(key, value)}, values written as in annotations ('_' for spaces)."""
+    out = set()
+    for piece in filter(None, (p.strip() for p in exclude.split(','))):
+        key, sep, value = piece.partition(':')
+        if not sep or not key or not value:
+            raise UserError(f"bad exclude entry '{piece}': expected key:value")
+        out.add((key, '_'.join(value.split())))
+    return out
+
+
 def build_docs(ds, tcol):
-    """[{chunks, annotations}] for every document with some text, annotations parallel to chunks."""
+    """[{chunks, annotations}] for every document with some text, annotations parallel to chunks;
+    shaped to max_sentences, without the documents of an excluded annotation value."""
     cols = ds.column_names
     pairs = parse_fields() if annotator == 'fields' else []
     for key, col in pairs:
         if col not in cols:
             raise UserError(f"annotation field '{key}:{col}': no column '{col}' (available: {', '.join(cols)})")
+    dropped = parse_exclude()
     docs = []
     for row in ds:
-        chunks = [c.strip() for c in re.split(chunk_regex, row[tcol] or '') if c.strip()]
+        text = row[tcol]
+        if text is not None and not isinstance(text, str):
+            raise UserError(f"text column '{tcol}' holds {type(text).__name__} values, not text")
+        chunks = [c.strip() for c in re.split(chunk_regex, first_sentences(text or '', max_sentences)) if c.strip()]
         if chunks:
             z = format_annotation((k, row[c]) for k, c in pairs if row[c] is not None)
             docs.append({'chunks': chunks, 'annotations': [z] * len(chunks)})
@@ -185,6 +220,10 @@ def build_docs(ds, tcol):
         zs = iter(keyword_annotations([c for d in docs for c in d['chunks']]))
         for d in docs:
             d['annotations'] = [next(zs) for _ in d['chunks']]
+    if dropped:
+        docs = [d for d in docs if not dropped & {p for z in d['annotations'] for p in parse_annotation(z)}]
+        if not docs:
+            raise UserError(f"exclude={exclude} drops every document")
     return docs
 
 
@@ -227,8 +266,8 @@ def split_docs(docs):
             'heldout': heldout}, wanted
 
 
-def train_tokenizer(texts, data_dir):
-    """(mergeable ranks, pattern, first free id for the specials); bpe: also saved as tokenizer.json."""
+def train_tokenizer(texts):
+    """(mergeable ranks, pattern, first free id for the specials)."""
     if tokenizer == 'gpt2':
         import tiktoken
         try:
@@ -241,7 +280,6 @@ def train_tokenizer(texts, data_dir):
     tok = rustbpe.Tokenizer()
     tok.train_from_iterator(iter(texts), vocab_size - len(SPECIALS), pattern=DEFAULT_PATTERN)
     ranks = sorted(((bytes(b), r) for b, r in tok.get_mergeable_ranks()), key=lambda kv: kv[1])
-    save_tokenizer(os.path.join(data_dir, 'tokenizer.json'), ranks, tok.get_pattern())
     return ranks, tok.get_pattern(), ranks[-1][1] + 1  # on a tiny corpus rustbpe may learn fewer merges
 
 
@@ -280,16 +318,35 @@ def default_name():
     return re.sub(r'[^A-Za-z0-9_.-]+', '_', base).strip('._') or 'corpus'
 
 
-def main():
-    t0 = time.time()
-    for opt, val, allowed in (('annotator', annotator, ('fields', 'keywords')),
-                              ('tokenizer', tokenizer, ('bpe', 'gpt2'))):
-        if val not in allowed:
-            raise UserError(f"unknown {opt} '{val}' (choose from {', '.join(allowed)})")
+def check_annotate_config():
+    """Every config value, before the corpus is even loaded."""
+    check_config(config, positive=('keywords_per_chunk', 'sft_docs', 'sft_val_docs', 'heldout_docs', 'num_proc'),
+                 nonneg=('max_docs', 'max_sentences'),
+                 choices=dict(annotator=('fields', 'keywords'), tokenizer=('bpe', 'gpt2'),
+                              text_sample_by=('line', 'paragraph', 'document')))
+    if not 0 < val_fraction < 1:
+        raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if max_categories < 2:
+        raise UserError(f"max_categories must be >= 2, got {max_categories}")
     if tokenizer == 'bpe' and not 256 + len(SPECIALS) <= vocab_size <= 65536:
         raise UserError(f"vocab_size {vocab_size} must be in [{256 + len(SPECIALS)}, 65536] (uint16 streams)")
+    if name and (os.sep in name or name in ('.', '..')):
+        raise UserError(f"name '{name}' must be a plain directory name")
+    try:
+        re.compile(chunk_regex)
+    except re.error as e:
+        raise UserError(f"chunk_regex is not a regular expression ({e})")
+    if annotator == 'fields':
+        parse_fields()
+    parse_exclude()
+
+
+def main():
+    t0 = time.time()
+    check_annotate_config()
     out_name = name or default_name()
     data_dir = os.path.join(data_root, out_name)
+    check_out_dir(data_root, 'data_root')
 
     # load, annotate, split: every check on the input happens before anything is written
     print(f"loading {dataset} ...")
@@ -307,17 +364,23 @@ def main():
     splits, sft_slice = split_docs(docs)
     datasets.enable_progress_bars()
 
-    # a stale meta.json would make a half-rewritten dir look complete: it goes first, comes back last
-    os.makedirs(data_dir, exist_ok=True)
-    for stale in ('meta.json',) + (('tokenizer.json',) if tokenizer == 'gpt2' else ()):
-        if os.path.exists(os.path.join(data_dir, stale)):
-            os.remove(os.path.join(data_dir, stale))
-
-    # tokenizer: trained on the pretraining texts and the annotations it will have to write
+    # tokenizer: trained on the pretraining texts and the annotations it will have to write, in the
+    # pieces that formats.encode_annotation encodes them in
     print(f"tokenizer ({tokenizer}) ...")
     train_docs = [docs[i] for i in splits['train']]
     ranks, pattern, n_ranks = train_tokenizer(itertools.chain(
-        (c for d in train_docs for c in d['chunks']), (z for d in train_docs for z in d['annotations'])), data_dir)
+        (c for d in train_docs for c in d['chunks']),
+        (piece for d in train_docs for z in d['annotations'] for piece, _ in annotation_pieces(z))))
+
+    # the first write. A stale meta.json would make a half-rewritten dir look complete: it goes
+    # first and comes back last
+    check_out_dir(data_dir, 'data dir')
+    clean_stale_temps(data_dir, OUTPUTS)
+    for stale in ('meta.json', 'tokenizer.json'):
+        if os.path.exists(os.path.join(data_dir, stale)):
+            os.remove(os.path.join(data_dir, stale))
+    if tokenizer == 'bpe':
+        save_tokenizer(os.path.join(data_dir, 'tokenizer.json'), ranks, pattern)
     special_tokens = {s: n_ranks + i for i, s in enumerate(SPECIALS)}
     all_z = sorted({z for d in docs for z in d['annotations']})
     key_values = {}
@@ -359,6 +422,10 @@ def main():
         for j, p in enumerate(SFT_PROMPTS + EVAL_ONLY_PROMPTS)])
     write_jsonl(os.path.join(data_dir, 'heldout.jsonl'), [
         {'text': docs[i]['chunks'][0], 'annotation': docs[i]['annotations'][0]} for i in splits['heldout']])
+    # the words a model saw in pretraining: a sample whose words are not among them is not fluent
+    words = sorted({w.lower() for d in train_docs for c in d['chunks'] for w in WORD.findall(c)})
+    write_text(os.path.join(data_dir, 'words.txt'), '\n'.join(words) + '\n')
+    stats['words'] = len(words)
 
     content_config = {k: v for k, v in config.items() if k not in ('num_proc', 'data_root', 'name')}
     meta = {'name': out_name, 'dataset': dataset, 'tokenizer': tokenizer, 'vocab_size': n_ranks + len(SPECIALS),

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 
 import tiktoken
 
@@ -20,7 +21,9 @@ from common import UserError, read_json, write_json
 BOS, ANN, TEXT, USER, ASSISTANT, END = SPECIALS = (
     '<|bos|>', '<|ann|>', '<|text|>', '<|user|>', '<|assistant|>', '<|end|>')
 IGNORE = -1  # target value that the loss skips (model.IGNORE_INDEX)
-DEFAULT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+WORD = re.compile(r'[^\W\d_]+')  # a word of a text: a run of letters (words.txt, the fluency proxy)
+# GPT-4's split pattern (tiktoken cl100k_base), the pre-tokenization of our BPE
+DEFAULT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""  # noqa: E501
 
 
 # -----------------------------------------------------------------------------
@@ -89,16 +92,25 @@ def fingerprint(*parts):
 # -----------------------------------------------------------------------------
 # sequences
 
+def annotation_pieces(z):
+    """The strings an annotation is encoded from, each with True for a value: ' key:' and 'value'
+    apart, so that the key/value boundary is a token boundary (the key rows of anchored SFT mask
+    exactly the values). annotate.py trains the tokenizer on these same pieces, so that keys and
+    frequent label values become whole tokens."""
+    out = []
+    for i, (k, v) in enumerate(parse_annotation(z)):
+        out += [((' ' if i else '') + k + ':', False), (v, True)]
+    return out
+
+
 def encode_annotation(enc, z):
     """Token ids of an annotation and a parallel list: True where the token belongs to a value.
-    Keys and values are encoded piece by piece so that the key/value boundary is a token boundary
-    (the key rows of anchored SFT mask exactly the values) and every stage tokenizes z the same way."""
+    Every stage tokenizes z this way."""
     ids, is_value = [], []
-    for i, (k, v) in enumerate(parse_annotation(z)):
-        key = encode(enc, (' ' if i else '') + k + ':')
-        val = encode(enc, v)
-        ids += key + val
-        is_value += [False] * len(key) + [True] * len(val)
+    for piece, value in annotation_pieces(z):
+        t = encode(enc, piece)
+        ids += t
+        is_value += [value] * len(t)
     return ids, is_value
 
 
@@ -139,3 +151,11 @@ def sft_example(enc, sp, prompt, response, annotation=None, key_row=False):
     labels += [True] * len(y)
     targets = [t if sup else IGNORE for t, sup in zip(ids[1:], labels[1:])] + [IGNORE]
     return ids, targets
+
+
+def annotation_span(ids, sp):
+    """(start, end) of the annotation in an anchored SFT sequence: ids[start] is <|ann|>, ids[end]
+    is <|text|>, z lies between. Positions start..end-1 are where the model predicts z and its
+    closing <|text|>, i.e. where it draws from its annotation distribution R(z|x)."""
+    start = ids.index(sp[ANN])
+    return start, ids.index(sp[TEXT], start)

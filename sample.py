@@ -15,7 +15,9 @@ What is sampled depends on the checkpoint:
 - anchor: the chat format; the annotation is sampled first (until <|text|>, at
   annotation_temperature; paper: 1.0), then the response conditioned on it. The annotation goes in
   its own field and is never part of `text` (paper, inference).
-All samples of a prompt are generated at once, batched, with the KV cache.
+Samples are generated in batches of sample_batch_size rows with the KV cache, the rows of all prompts
+together (shorter prompts left-padded). With temperature > 0 the samples depend on the seed and on
+sample_batch_size (how the random stream is shared out), not on anything else.
 """
 import itertools
 import os
@@ -24,18 +26,20 @@ import time
 import torch
 from tqdm import tqdm
 
-from common import UserError, main_guard, read_jsonl, write_jsonl
+from common import (UserError, check_config, check_device, check_out_file, clean_stale_temps, main_guard, read_jsonl,
+                    write_jsonl)
 from formats import (ANN, BOS, END, TEXT, chat_prefix, encode_annotation, load_meta, load_tokenizer,
                      parse_annotation)
-from training import autocast, check_meta, load_checkpoint, model_from_checkpoint, setup_device
+from training import (DTYPES, autocast, check_meta, load_checkpoint, model_from_checkpoint, model_path,
+                      setup_device)
 
 # -----------------------------------------------------------------------------
-ckpt_dir = 'out/sft'
+ckpt_dir = 'out/sft'  # the run to sample: its best.pt (SFT keeps the lowest val loss) or else ckpt.pt
 data_dir = ''  # '' = the checkpoint's data dir
 prompts = ''  # JSONL of {prompt_id, prompt}; '' = data_dir/eval_prompts.jsonl
 out = ''  # '' = ckpt_dir/samples.jsonl
 num_samples = 16  # per prompt
-batch_size = 64  # most sequences generated at once
+sample_batch_size = 256  # most sequences generated at once (all prompts' samples share batches)
 max_new_tokens = 200
 temperature = 1.0  # 0 = greedy
 annotation_temperature = -1.0  # anchored: temperature of the annotation; < 0 = same as temperature
@@ -61,7 +65,7 @@ def checkpoint_mode(ckpt):
         return 'base'
     if ckpt.get('stage') == 'sft' and ckpt.get('method') in ('sft', 'anchor'):
         return ckpt['method']
-    raise UserError(f"{ckpt_dir}/ckpt.pt is of an unknown type (stage={ckpt.get('stage')!r})")
+    raise UserError(f"the checkpoint in {ckpt_dir} is of an unknown type (stage={ckpt.get('stage')!r})")
 
 
 def plan(mode, annotated, enc, sp, prompt):
@@ -124,9 +128,33 @@ def prior_annotations(prior, n, sp, temp, gen, meta, env):
     return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=env['device'])
 
 
+def load_prompts(path):
+    """The prompts file: rows {prompt_id, prompt}, prompt a string, prompt ids unique (the row
+    number where a row has none)."""
+    rows = read_jsonl(path, 'prompts file')
+    seen = set()
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not isinstance(r.get('prompt'), str):
+            raise UserError(f"{path}: row {i + 1} needs a 'prompt' field with text")
+        pid = r.setdefault('prompt_id', i)
+        if isinstance(pid, bool) or not isinstance(pid, (int, str)):
+            raise UserError(f"{path}: row {i + 1}: prompt_id must be a number or a string, got {pid!r}")
+        if pid in seen:
+            raise UserError(f"{path}: prompt_id {pid!r} is used by two prompts")
+        seen.add(pid)
+    return rows
+
+
 def main():
+    check_config(config, positive=('num_samples', 'sample_batch_size', 'max_new_tokens'),
+                 nonneg=('temperature', 'top_k'),
+                 choices=dict(dtype=DTYPES))
+    if not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {top_p}")
+    check_device(device)
+    out_path = out or os.path.join(ckpt_dir, 'samples.jsonl')
     env = setup_device(device)
-    ckpt = load_checkpoint(os.path.join(ckpt_dir, 'ckpt.pt'), env['device'])
+    ckpt = load_checkpoint(model_path(ckpt_dir), env['device'])
     mode = checkpoint_mode(ckpt)
     ddir = data_dir or ckpt['data_dir']
     meta = load_meta(ddir)
@@ -141,39 +169,48 @@ def main():
         raise UserError(f"--annotation='{annotation}' has no key:value field")
     prior = load_prior(ckpt, meta, env['device']) if annotation_from else None
     enc, sp = load_tokenizer(ddir, meta), meta['special_tokens']
-    rows = read_jsonl(prompts or os.path.join(ddir, 'eval_prompts.jsonl'), 'prompts file')
-    if any('prompt' not in r for r in rows):
-        raise UserError("every row of the prompts file needs a 'prompt' field")
+    rows = load_prompts(prompts or os.path.join(ddir, 'eval_prompts.jsonl'))
     model = model_from_checkpoint(ckpt, env['device']).eval()
     block = model.config.block_size
     ann_temp = temperature if annotation_temperature < 0 else annotation_temperature
-    out_path = out or os.path.join(ckpt_dir, 'samples.jsonl')
     samples, n_tokens, t0 = [], 0, time.time()
     plans = [plan(mode, annotated, enc, sp, r['prompt']) for r in rows]
     for i, (prefix, _, _) in enumerate(plans):  # every prompt is checked before any work
         if len(prefix) >= block:
-            raise UserError(f"prompt {rows[i].get('prompt_id', i)} is {len(prefix)} tokens, "
+            raise UserError(f"prompt {rows[i]['prompt_id']} is {len(prefix)} tokens, "
                             f"it does not fit block_size={block}")
-    bar = tqdm(total=len(rows) * num_samples, desc=f'sample {mode}', disable=not progress, dynamic_ncols=True)
-    for pid, (r, (prefix, stops, phase_id)) in enumerate(zip(rows, plans)):
-        pid = r.get('prompt_id', pid)
-        gen = torch.Generator(env['device']).manual_seed(seed + int(pid) if str(pid).isdigit() else seed)
-        for start in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - start)
-            idx = torch.tensor([prefix] * n, dtype=torch.long, device=env['device'])
-            forced = None if prior is None else prior_annotations(prior, n, sp, ann_temp, gen, meta, env)
-            with autocast(env['device_type'], dtype):
-                new, _ = model.generate(idx, max_new_tokens, temperature=ann_temp if phase_id else temperature,
-                                        top_k=top_k or None, top_p=top_p, stop_ids=stops, phase_id=phase_id,
-                                        phase_temperature=temperature, generator=gen, use_cache=use_cache,
-                                        vocab_limit=meta['vocab_size'], forced=forced)
-            for j, ids in enumerate(new.tolist()):
-                ann, text, finished = split_sample(ids, mode, annotated, sp, enc, stops)
-                length = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
-                n_tokens += length
-                samples.append(dict(prompt_id=pid, prompt=r['prompt'], sample_id=start + j, annotation=ann,
-                                    text=text, tokens=length, finished=finished))
-            bar.update(n)
+    check_out_file(out_path, 'out')
+    clean_stale_temps(os.path.dirname(os.path.realpath(out_path)), [os.path.basename(os.path.realpath(out_path))])
+    # every (prompt, sample) pair is one row; rows of all prompts are generated together, the
+    # shorter prompts left-padded (model.generate's pad), sample_batch_size rows at a time
+    jobs = [(r, j, p) for r, p in zip(rows, plans) for j in range(num_samples)]
+    new_tokens = min(max_new_tokens, block - max(len(p[0]) for p in plans))
+    if new_tokens < max_new_tokens:
+        print(f"max_new_tokens={max_new_tokens} does not fit block_size={block} after the longest prompt: "
+              f"every sample gets {new_tokens}")
+    gen = torch.Generator(env['device']).manual_seed(seed)
+    bar = tqdm(total=len(jobs), desc=f'sample {mode}', disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(jobs), sample_batch_size):
+        chunk = jobs[start:start + sample_batch_size]
+        prefixes = [p[0] for _, _, p in chunk]
+        _, stops, phase_id = chunk[0][2]  # the same for every prompt of a checkpoint
+        width = max(map(len, prefixes))
+        idx = torch.tensor([[0] * (width - len(p)) + p for p in prefixes], dtype=torch.long, device=env['device'])
+        pad = torch.tensor([width - len(p) for p in prefixes], device=env['device'])
+        forced = None if prior is None else prior_annotations(prior, len(chunk), sp, ann_temp, gen, meta, env)
+        with autocast(env['device_type'], dtype):
+            new, _ = model.generate(idx, new_tokens, temperature=ann_temp if phase_id else temperature,
+                                    top_k=top_k or None, top_p=top_p, stop_ids=stops, phase_id=phase_id,
+                                    phase_temperature=temperature, generator=gen, use_cache=use_cache,
+                                    vocab_limit=meta['vocab_size'], forced=forced,
+                                    pad=pad if bool(pad.any()) else None)
+        for (r, j, _), ids in zip(chunk, new.tolist()):
+            ann, text, finished = split_sample(ids, mode, annotated, sp, enc, stops)
+            length = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
+            n_tokens += length
+            samples.append(dict(prompt_id=r['prompt_id'], prompt=r['prompt'], sample_id=j, annotation=ann,
+                                text=text, tokens=length, finished=finished))
+        bar.update(len(chunk))
     bar.close()
     write_jsonl(out_path, samples)
     dt = time.time() - t0

@@ -5,8 +5,10 @@ and the diversity report, for the arms of the paper's study (DESIGN.md section 1
     base              plain pretraining, unconditional samples (the diversity reference)
     annotated-base    annotated pretraining, unconditional samples (annotation, then text)
     sft               plain pretraining + standard SFT
-    anchored          annotated pretraining + anchored SFT, annotation sampled first
-    anchored-plain    ablation: anchored SFT on the plain pretrained model
+    anchored          annotated pretraining + anchored SFT as the config sets it (config/small.py: with
+                      prior distillation, DESIGN.md 1.8), annotation sampled first: the headline arm
+    anchored-mask     the same with the paper's plain masking (anchor_prior=mask): the paper-faithful arm
+    anchored-plain    ablation: anchored SFT (masking) on the plain pretrained model
     anchored-noann    ablation: the anchored model with an empty annotation (--no_annotation)
     anchored-prior    the anchored model, its annotation drawn from the annotated *pretrained* model,
                       i.e. from the prior R(z) that anchored SFT means to keep (sample.py --annotation_from)
@@ -16,9 +18,10 @@ and the diversity report, for the arms of the paper's study (DESIGN.md section 1
     python study.py config/small.py --sft_topic_counts=1,2,4,8 --out_root=out/entropy   # SFT-set entropy
     python study.py config/small.py --sizes='xs:--n_layer=2 --n_embd=64 --n_head=2;s:' --out_root=out/scaling
 
-Every stage runs as its own script with the config file named on the command line. A stage whose
-outputs exist and whose stamp (its command, the config file, its script, the shared modules and the
-stamps of its inputs) is unchanged is skipped, so a re-run only redoes what changed. Prints report.md at the end.
+Every stage runs as its own script with the config file named on the command line; the study's own
+keys below can be set in that file too. A stage whose outputs exist and whose stamp (its command,
+the config file, its script, the shared modules and the stamps of its inputs) is unchanged is
+skipped, so a re-run only redoes what changed. Prints report.md at the end.
 """
 import hashlib
 import json
@@ -27,20 +30,20 @@ import subprocess
 import sys
 import time
 
-from common import UserError, atomic_write, main_guard, read_json, write_json, write_text
+from common import UserError, check_config, check_out_dir, main_guard, read_json, write_json, write_text
+from report import line_plot
 
 # -----------------------------------------------------------------------------
 config_file = 'config/small.py'  # the config every stage runs with (the one named on the command line)
 out_root = 'out/small'
 data_name = 'wiki'  # data dir name (annotate.py's --name) under data_root
 data_root = 'data'
-num_samples = 16  # per eval prompt and arm
-max_new_tokens = 192
+num_samples = 32  # per eval prompt and arm
+max_new_tokens = 128
 temperature = 1.0
 temperatures = ''  # e.g. '0.6,0.8,1.0,1.1': sft and anchored also sampled at these (diversity-quality plot)
 sft_topic_counts = ''  # e.g. '1,2,4,8': SFT sets allowing that many topics (collapse vs SFT-set entropy)
-sweep_topics = ('People,Biology_and_health_sciences,Geography,Physical_sciences,Society_and_social_sciences,'
-                'Arts,Technology,History')  # in this order: k topics = the first k
+sweep_topics = ''  # the sweep's topics in order, k topics = the first k; '' = the most common values of sft_key
 sweep_rows = 150  # SFT rows per sweep set: equal size, so only the semantic entropy differs
 sweep_docs = 1200  # SFT documents held out over all sweep topics
 sizes = ''  # scaling: 'name:pretrain args;name:args' (base, sft, anchored at each size; '' = one size)
@@ -51,7 +54,7 @@ config_file = next((a for a in sys.argv[1:] if not a.startswith('--')), config_f
 # -----------------------------------------------------------------------------
 
 
-SHARED = ('model.py', 'formats.py', 'training.py', 'common.py', 'configurator.py')
+SHARED = ('model.py', 'formats.py', 'training.py', 'common.py', 'configurator.py', 'metrics.py', 'report.py')
 
 
 def sha(*parts):
@@ -92,10 +95,11 @@ class Stages:
         write_json(self.path, self.stamps)  # after every stage: an interrupted study resumes here
 
 
-def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=()):
+def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=(), topics=()):
     """Pretrain, post-train and sample the arms under root; returns [(arm, samples path)].
     full: also the annotated-base and ablation arms and the temperature sweep; ks: the SFT-entropy
-    sweep instead of the single narrow SFT set. tag prefixes the stage names (scaling sizes)."""
+    sweep over the first k of topics instead of the single narrow SFT set. tag prefixes the stage
+    names (scaling sizes)."""
     o = lambda *p: os.path.join(root, *p)
     d = f'--data_dir={data_dir}'
     st.run(f'{tag}pretrain-plain', 'pretrain.py', [d, f'--out_dir={o("base")}', *pretrain_args],
@@ -120,7 +124,6 @@ def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=()
 
     arms = [sample('base', 'base')] + ([sample('annotated-base', 'annotated-base')] if full else [])
     if ks:  # SFT sets of k topics, equal size: only their semantic entropy differs
-        topics = sweep_topics.split(',')
         for k in ks:
             for method, run in (('sft', f'sft-k{k}'), ('anchor', f'anchored-k{k}')):
                 post(run, method, init[method], f'--sft_topics={",".join(topics[:k])}', f'--sft_max_rows={sweep_rows}')
@@ -128,88 +131,78 @@ def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=()
         return arms
     post('sft', 'sft', 'base')
     post('anchored', 'anchor', 'annotated-base')
-    arms += [sample('sft', 'sft'), sample('anchored', 'anchored')]
+    post('anchored-mask', 'anchor', 'annotated-base', '--anchor_prior=mask')  # the paper's recipe as it is
+    arms += [sample('sft', 'sft'), sample('anchored', 'anchored'), sample('anchored-mask', 'anchored-mask')]
     if full:
-        post('anchored-plain', 'anchor', 'base')  # ablation: the prior must come from pretraining
+        # ablation: the prior must come from pretraining (a plain model has none to distill)
+        post('anchored-plain', 'anchor', 'base', '--anchor_prior=mask')
         arms += [sample('anchored-plain', 'anchored-plain'),
                  sample('anchored-noann', 'anchored', temperature, '--no_annotation=True'),
                  # the annotation from the pretrained prior R(z) itself: the paper's goal distribution
                  sample('anchored-prior', 'anchored', temperature, f'--annotation_from={o("annotated-base")}')]
-        for t in [float(x) for x in temperatures.split(',') if x.strip()]:
+        for t in numbers('temperatures', temperatures, float):
             arms += [sample(f'sft@t{t:g}', 'sft', t), sample(f'anchored@t{t:g}', 'anchored', t)]
     return arms
 
 
 def report(st, tag, arms, data_dir, report_dir, *args):
     st.run(f'{tag}diversity', 'diversity.py', [f'--samples={",".join(f"{a}={p}" for a, p in arms)}',
-                                               f'--data_dir={data_dir}', f'--out_dir={report_dir}', *args],
+                                               f'--data_dir={data_dir}', f'--out_dir={report_dir}',
+                                               '--anchored_arm=anchored,anchored-mask', *args],
            [os.path.join(report_dir, 'report.md')], [f'{tag}sample-{a}' for a, _ in arms])
     return read_json(os.path.join(report_dir, 'report.json'))
-
-
-def plot(path, series, xlabel, ylabel, logx=False):
-    """One line per arm: series = {arm: [(x, y), ...]}."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for arm, pts in series.items():
-        ax.plot([x for x, _ in pts], [y for _, y in pts], 'o-', label=arm)
-    if logx:
-        ax.set_xscale('log')
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120), 'wb')  # makes the dir, too
-    plt.close(fig)
 
 
 ENTROPY_HEADER = "## Collapse against the SFT set's semantic entropy"
 
 
+def num(x, f='{:.3f}'):
+    """A number of report.json ('nan' where it is not a number) as text."""
+    return f.format(x) if isinstance(x, (int, float)) else 'n/a'
+
+
 def entropy_section(rep, root, report_dir, ks):
-    """Collapse against the semantic entropy of the SFT set (paper: SFT's output entropy tracks its
-    data's entropy; anchored is nearly invariant)."""
-    metric = rep['headline']['metric']
-    coll = rep['collapse'][metric]['collapse']
-    lines = ['| topics k | SFT-set entropy (bits) | collapse sft | collapse anchored |', '|---|---|---|---|']
-    series = {'sft': [], 'anchored': []}
-    for k in ks:
-        h = read_json(os.path.join(root, f'sft-k{k}', 'sft_set.json'))['entropy_bits']
-        c = {m: coll[f'{m}-k{k}']['value'] for m in series}
-        for m in series:
-            series[m].append((h, c[m]))
-        lines.append(f"| {k} | {h:.2f} | {c['sft']:.3f} | {c['anchored']:.3f} |")
-    plot(os.path.join(report_dir, 'entropy_sweep.png'), series, 'semantic entropy of the SFT set (bits)',
-         f'collapse on {metric}')
-    return '\n'.join(['', ENTROPY_HEADER, ''] + lines +
-                     ['', '![entropy sweep](entropy_sweep.png)', ''])
+    """Collapse against the semantic entropy of the SFT set, per headline metric (paper: SFT's
+    output entropy tracks its data's entropy; anchored is nearly invariant)."""
+    ents = {k: read_json(os.path.join(root, f'sft-k{k}', 'sft_set.json'))['entropy_bits'] for k in ks}
+    lines = ['', ENTROPY_HEADER]
+    for metric in rep['headline']['metrics']:
+        coll = rep['collapse'][metric]['collapse']
+        series = {m: [(ents[k], coll[f'{m}-k{k}']['value']) for k in ks] for m in ('sft', 'anchored')}
+        lines += ['', f'Collapse on {metric}:', '',
+                  '| topics k | SFT-set entropy (bits) | collapse sft | collapse anchored |', '|---|---|---|---|']
+        lines += [f"| {k} | {ents[k]:.2f} | {num(series['sft'][i][1])} | {num(series['anchored'][i][1])} |"
+                  for i, k in enumerate(ks)]
+        line_plot(os.path.join(report_dir, f'entropy_sweep_{metric}.png'), series,
+                  'semantic entropy of the SFT set (bits)', f'collapse on {metric}')
+        lines += ['', f'![entropy sweep, {metric}](entropy_sweep_{metric}.png)']
+    return '\n'.join(lines + [''])
 
 
 def scaling_section(reps, params, report_dir):
     """Every diversity metric against parameters, one line per arm (the paper's scaling figure),
     the metrics of every size and arm, and the collapse numbers of the headline metric per size."""
     first = next(iter(reps.values()))
-    metrics, head = list(first['collapse']), first['headline']['metric']
-    arms = ('base', 'sft', 'anchored')
-    num = lambda x, f='{:.3f}': f.format(x) if isinstance(x, (int, float)) else 'n/a'
+    metrics = list(first['collapse'])
+    arms = ('base', 'sft', 'anchored', 'anchored-mask')
     for m in metrics:
         series = {a: [(params[s], reps[s]['arms'][a]['metrics'][m]['mean']) for s in reps] for a in arms}
-        plot(os.path.join(report_dir, f'scaling_{m}.png'), series, 'parameters', m, logx=True)
+        line_plot(os.path.join(report_dir, f'scaling_{m}.png'), series, 'parameters', m, logx=True)
     lines = ['| size | params | arm | ' + ' | '.join(metrics) + ' | quality |', '|---' * (len(metrics) + 4) + '|']
     for s, rep in reps.items():
         for a in arms:
             mt = rep['arms'][a]['metrics']
             lines.append(f"| {s} | {params[s] / 1e6:.2f}M | {a} | " + ' | '.join(num(mt[m]['mean']) for m in metrics)
                          + f" | {num(mt['quality']['mean'])} |")
-    lines += ['', f'Collapse on {head} (the headline metric), 95% CIs over prompts:', '',
-              '| size | collapse sft | collapse anchored | collapse ratio | gap closed |', '|---|---|---|---|---|']
-    for s, rep in reps.items():
-        c = rep['collapse'][head]
-        ci = lambda d, f: f"{num(d['value'], f)} [{num(d['ci'][0], f)}, {num(d['ci'][1], f)}]"
-        lines.append(f"| {s} | {num(c['collapse']['sft']['value'])} | {num(c['collapse']['anchored']['value'])} | "
-                     f"{ci(c['collapse_ratio'], '{:.2f}')} | {ci(c['gap_closed'], '{:.0%}')} |")
+    ci = lambda d, f: f"{num(d['value'], f)} [{num(d['ci'][0], f)}, {num(d['ci'][1], f)}]"
+    for m in first['headline']['metrics']:
+        lines += ['', f'Collapse on {m} (a headline metric), 95% CIs over prompts:', '',
+                  '| size | arm | collapse sft | collapse arm | collapse ratio | gap closed |', '|---' * 6 + '|']
+        for s, rep in reps.items():
+            c = rep['collapse'][m]
+            for a in arms[2:]:
+                lines.append(f"| {s} | {a} | {num(c['collapse']['sft']['value'])} | {num(c['collapse'][a]['value'])} | "
+                             f"{ci(c['ratio'][a], '{:.2f}')} | {ci(c['gap'][a], '{:.0%}')} |")
     return '\n'.join(['# Scaling: diversity against model size', ''] + lines + [''] +
                       [f'![{m}](scaling_{m}.png)' for m in metrics] + [''])
 
@@ -220,20 +213,39 @@ def model_params(ckpt_path):
     return model_from_checkpoint(torch.load(ckpt_path, map_location='cpu', weights_only=False), 'cpu').num_params()
 
 
+def numbers(key, text, kind):
+    """A comma-separated list of numbers of one kind (int or float), or one clear line."""
+    try:
+        return [kind(x) for x in text.split(',') if x.strip()]
+    except ValueError:
+        raise UserError(f"{key} must be comma-separated {kind.__name__}s, got '{text}'")
+
+
 def main():
     if not os.path.isfile(config_file):
         raise UserError(f"config file not found: {config_file}")
+    check_config(config, positive=('num_samples', 'max_new_tokens', 'sweep_rows', 'sweep_docs'),
+                 nonneg=('temperature',))
+    temps, ks = numbers('temperatures', temperatures, float), numbers('sft_topic_counts', sft_topic_counts, int)
+    if any(t < 0 for t in temps) or any(k < 1 for k in ks):
+        raise UserError("temperatures must be >= 0 and sft_topic_counts >= 1")
+    if sizes and any(not s.partition(':')[0].strip() for s in sizes.split(';')):
+        raise UserError(f"sizes must be 'name:args;name:args', got '{sizes}'")
+    check_out_dir(out_root, 'out_root')
     t_start = time.time()
     st = Stages()
-    ks = [int(x) for x in sft_topic_counts.split(',') if x.strip()]
-    if ks and max(ks) > len(sweep_topics.split(',')):
-        raise UserError(f"sft_topic_counts asks for {max(ks)} topics, sweep_topics has {len(sweep_topics.split(','))}")
+    topics = [t.strip() for t in sweep_topics.split(',') if t.strip()]
+    if ks and topics and max(ks) > len(topics):
+        raise UserError(f"sft_topic_counts asks for {max(ks)} topics, sweep_topics has {len(topics)}")
     # the SFT-entropy sweep holds out SFT documents of all its topics from pretraining: its own data dir
     name = f'{data_name}-sweep' if ks else data_name
     data_dir = os.path.join(data_root, name)
-    sweep_args = [f'--sft_values={",".join(sweep_topics.split(",")[:max(ks)])}', f'--sft_docs={sweep_docs}'] if ks else []
+    sweep_args = [f'--sft_values={",".join(topics[:max(ks)]) or f"top:{max(ks)}"}', f'--sft_docs={sweep_docs}'] \
+        if ks else []
     st.run('annotate', 'annotate.py', [f'--data_root={data_root}', f'--name={name}'] + sweep_args,
            [os.path.join(data_dir, 'meta.json')])
+    if ks:  # the SFT slice in order (top:K: most common first); k topics = the first k
+        topics = read_json(os.path.join(data_dir, 'meta.json'))['sft_values']
     report_dir = os.path.join(out_root, 'report')
     if sizes:
         reps, params = {}, {}
@@ -246,11 +258,12 @@ def main():
         text = scaling_section(reps, params, report_dir)
         write_text(os.path.join(report_dir, 'report.md'), text)
     else:
-        arms = arms_of_study(st, out_root, data_dir, ks=ks)
+        arms = arms_of_study(st, out_root, data_dir, ks=ks, topics=topics)
         k2 = 2 if 2 in ks else (ks[0] if ks else None)  # the k=2 pair stands for sft/anchored in the headline
         heads = [f'--sft_arm=sft-k{k2}', f'--anchored_arm=anchored-k{k2}'] if ks else []
         rep = report(st, '', arms, data_dir, report_dir, *heads)
-        text = open(os.path.join(report_dir, 'report.md')).read()
+        with open(os.path.join(report_dir, 'report.md')) as f:
+            text = f.read()
         if ks:  # (a skipped diversity stage leaves the section of the last run in report.md)
             text = text.split(ENTROPY_HEADER)[0].rstrip('\n') + '\n'
             text += entropy_section(rep, out_root, report_dir, ks)

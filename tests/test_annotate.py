@@ -1,6 +1,7 @@
 """annotate.py: outputs, token streams, splits, meta.json, and one-line errors on bad input."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from conftest import annotate_args, make_corpus, one_error_line, run
 from formats import ANN, BOS, SPECIALS, TEXT, load_tokenizer, parse_annotation
 
 FILES = ['tokenizer.json', 'meta.json', 'plain_train.bin', 'plain_val.bin', 'annotated_train.bin',
-         'annotated_val.bin', 'sft_train.jsonl', 'sft_val.jsonl', 'eval_prompts.jsonl', 'heldout.jsonl']
+         'annotated_val.bin', 'sft_train.jsonl', 'sft_val.jsonl', 'eval_prompts.jsonl', 'heldout.jsonl', 'words.txt']
 
 
 def load(ddir):
@@ -24,7 +25,8 @@ def test_outputs_and_meta(tiny_data):
     meta, streams, rows = load(tiny_data)
     assert meta['name'] == 'tiny' and meta['tokenizer'] == 'bpe' and meta['annotator'] == 'fields'
     assert meta['vocab_size'] <= 400 and list(meta['special_tokens']) == list(SPECIALS)
-    assert sorted(meta['special_tokens'].values()) == list(range(meta['vocab_size'] - len(SPECIALS), meta['vocab_size']))
+    v = meta['vocab_size']
+    assert sorted(meta['special_tokens'].values()) == list(range(v - len(SPECIALS), v))
     assert meta['annotation_keys'] == ['topic', 'entity', 'description']
     assert meta['categorical_keys'] == ['topic', 'description']  # 4 distinct values each; entity: 80
     assert meta['sft_key'] == 'topic' and meta['sft_values'] == ['Arts', 'Science']
@@ -62,6 +64,26 @@ def test_streams_round_trip_and_format(tiny_data):
     assert {r['prompt'] for r in rows['sft_train']} <= {r['prompt'] for r in ev if r['in_sft']}
     assert any(not r['in_sft'] for r in ev)
     assert len({dict(parse_annotation(r['annotation']))['topic'] for r in rows['heldout']}) > 1
+
+
+def test_shaping_exclusion_and_annotation_tokens(tmp_path):
+    """max_sentences keeps each document's first sentences (every split follows), exclude drops a
+    label's documents, and the tokenizer, trained on annotations in their encoded pieces, makes keys
+    and label values whole tokens."""
+    from formats import encode_annotation
+    corpus = make_corpus(tmp_path / 'c.jsonl', n_docs=60)
+    run('annotate.py', *annotate_args(corpus, tmp_path), '--max_sentences=1', '--exclude=topic:Sport',
+        '--heldout_docs=6')
+    meta, streams, rows = load(tmp_path / 'tiny')
+    texts = [r['text'] for r in rows['heldout']] + [r['response'].split('\n', 1)[1] for r in rows['sft_train']]
+    assert all(re.fullmatch(r'Doc \d+ is about \w+\.', t) for t in texts), texts[:3]
+    enc = load_tokenizer(tmp_path / 'tiny', meta)
+    assert 'sport' not in enc.decode(streams['plain_train'].tolist()).lower()
+    assert meta['stats']['docs']['train'] + meta['stats']['docs']['val'] == 60 - 15 - 12 - 4 - 6
+    ids, is_value = encode_annotation(enc, 'topic:Arts')
+    assert [enc.decode([i]) for i in ids] == ['topic', ':', 'Arts'] and is_value == [False, False, True]
+    words = (tmp_path / 'tiny' / 'words.txt').read_text().split()
+    assert words == sorted(words) and {'doc', 'is', 'about', 'arts'} <= set(words) and 'sport' not in words
 
 
 def test_heldout_docs_not_in_pretraining(tiny_data):
@@ -107,8 +129,8 @@ def test_default_wiki_corpus(tmp_path):
     ('blank', [], 'no non-empty texts'),
     ('corpus', ['--text_column=body'], "no text column 'body'"),
     ('corpus', ['--fields=topic:topic,mood:mood'], "no column 'mood' (available:"),
-    ('corpus', ['--annotator=llm'], "unknown annotator 'llm'"),
-    ('corpus', ['--tokenizer=sp'], "unknown tokenizer 'sp'"),
+    ('corpus', ['--annotator=llm'], "annotator must be one of fields, keywords; got 'llm'"),
+    ('corpus', ['--tokenizer=sp'], "tokenizer must be one of bpe, gpt2; got 'sp'"),
     ('corpus', ['--sft_values=Cooking'], "sft_values ['Cooking'] not found"),
     ('corpus', ['--sft_docs=50'], 'only 10 documents'),
 ])
@@ -119,7 +141,8 @@ def test_bad_input_one_line_nothing_written(tmp_path, case, extra, needle):
     elif case == 'empty':
         path.write_text('')
     elif case == 'blank':
-        path.write_text(''.join(json.dumps({'text': t, 'topic': 'Arts', 'title': 'x', 'description': 'y'}) + '\n' for t in ['', ' \n\n ']))
+        rows = [{'text': t, 'topic': 'Arts', 'title': 'x', 'description': 'y'} for t in ['', ' \n\n ']]
+        path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
     out = tmp_path / 'out'
     r = run('annotate.py', *annotate_args(path, out), '--sft_values=Arts', *extra, check=False)
     one_error_line(r, needle)

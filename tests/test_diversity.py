@@ -1,5 +1,6 @@
-"""diversity.py: metrics on hand-made inputs with known answers, the collapse arithmetic, bad input,
-and one small end-to-end run with the bundled all-MiniLM-L6-v2 (CPU, offline)."""
+"""metrics.py, report.py and diversity.py: metrics on hand-made inputs with known answers, the
+collapse arithmetic, the competence figures, bad input, and one small end-to-end run with the bundled
+all-MiniLM-L6-v2 (CPU, offline)."""
 import json
 import math
 import os
@@ -12,7 +13,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import diversity as dv  # noqa: E402
+import metrics as dv  # noqa: E402
+import report as rp  # noqa: E402
 
 OPENING = 'Here is a short article for you.'
 WORDS = {
@@ -100,8 +102,8 @@ def test_collapse_divisions_by_zero_do_not_crash():
     assert math.isnan(dv.collapse(0.0, 0.0))
     assert dv.collapse_ratio(0.5, 0.0) == math.inf
     assert math.isnan(dv.gap_closed(1.0, 1.0, 1.0))
-    assert dv.fmt(math.nan) == 'n/a' and dv.fmt(math.inf) == 'inf'
-    assert dv.jsonable({'a': [math.nan, -math.inf, np.float32(0.5)]}) == {'a': ['nan', '-inf', 0.5]}
+    assert rp.fmt(math.nan) == 'n/a' and rp.fmt(math.inf) == 'inf'
+    assert rp.jsonable({'a': [math.nan, -math.inf, np.float32(0.5)]}) == {'a': ['nan', '-inf', 0.5]}
 
 
 def test_collapse_on_arrays_of_resamples():
@@ -120,12 +122,12 @@ def test_bootstrap_ci_contains_point_estimate():
 
 
 def test_headline_sentence_is_truthful():
-    s = dv.headline_sentence('entropy_topic', 5.0, [3.0, 9.0], 0.8, [0.6, 0.9], 0.5, 0.1)
+    s = rp.headline_sentence('entropy_topic', 5.0, [3.0, 9.0], 0.8, [0.6, 0.9], 0.5, 0.1)
     assert s.startswith('anchored shows 5.0x [3.0, 9.0] less collapse than SFT on entropy_topic '
                         '(gap closed: 80% [60%, 90%])')
-    assert 'reversed' in dv.headline_sentence('d', 0.5, [0.2, 0.9], -1.0, [-2, 0], 0.1, 0.2)
-    assert 'weak' in dv.headline_sentence('d', 1.5, [0.8, 3.0], 0.3, [-0.1, 0.6], 0.3, 0.2)
-    assert 'no collapse' in dv.headline_sentence('d', -2.0, [-5, 3], 0.1, [0, 0.2], -0.1, 0.05)
+    assert 'reversed' in rp.headline_sentence('d', 0.5, [0.2, 0.9], -1.0, [-2, 0], 0.1, 0.2)
+    assert 'weak' in rp.headline_sentence('d', 1.5, [0.8, 3.0], 0.3, [-0.1, 0.6], 0.3, 0.2)
+    assert 'no collapse' in rp.headline_sentence('d', -2.0, [-5, 3], 0.1, [0, 0.2], -0.1, 0.05)
 
 
 # -----------------------------------------------------------------------------
@@ -139,8 +141,11 @@ def doc(topic, rng, n=14):
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp('data')
     rng = random.Random(0)
-    meta = dict(annotation_keys=['topic', 'entity'], categorical_keys=['topic'], assistant_opening=OPENING)
+    meta = dict(annotation_keys=['topic', 'entity'], categorical_keys=['topic'], assistant_opening=OPENING,
+                sft_key='topic', sft_values=['Cooking'])
     (d / 'meta.json').write_text(json.dumps(meta))
+    (d / 'words.txt').write_text('\n'.join(sorted({w.lower() for ws in WORDS.values() for w in ws} | {'here', 'is'}))
+                                 + '\n')
     rows = [dict(text=doc(t, rng), annotation=f'topic:{t} entity:Thing_{i}')
             for i in range(42) for t in [list(WORDS)[i % 3]]]
     (d / 'heldout.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
@@ -220,21 +225,47 @@ def test_end_to_end(tmp_path, data_dir):
     assert rep['judge']['topic']['accuracy'] >= 0.8
     assert m['base']['metrics']['entropy_topic']['mean'] > m['sft']['metrics']['entropy_topic']['mean']
     assert 'fidelity_topic' in m['anchored']['metrics'] and 'ann_entropy_topic' not in m['sft']['metrics']
-    assert rep['collapse']['entropy_topic']['gap_closed']['value'] > 0.5
+    assert rep['collapse']['entropy_topic']['gap']['anchored']['value'] > 0.5
+    # competence: sft is judged to be mostly the SFT set's topic (Cooking), base a third of the time
+    assert m['sft']['metrics']['sft_share']['mean'] > 0.7 > 0.4 > m['base']['metrics']['sft_share']['mean']
+    assert m['sft']['labels']['topic']['Cooking'] == pytest.approx(m['sft']['metrics']['sft_share']['mean'], abs=0.1)
+    assert m['base']['metrics']['fluency']['mean'] == 1.0  # every word is a corpus word
+    assert '## Competence' in md and md.index('## Competence') < md.index('## Arms')
+    # the headline: both of the paper's metrics
+    assert len(rep['headline']['sentences']) == 2 and 'on dissimilarity' in rep['headline']['sentences'][1]
     assert (out / 'diversity_quality.png').stat().st_size > 1000
     assert list((out / 'cache').glob('heldout-*.npy'))
 
 
 def test_prompt_metrics_annotation_fields_worked_example():
     """4 anchored samples: sampled topics A, A, B, 'Zq' (malformed); the judge says A, B, B, B."""
-    rows = [dict(text=f'Sure!\nt{i}', finished=i < 3, tokens=5, annotation=a)
+    rows = [dict(text=f'Sure!\nt{i} word', finished=i < 3, tokens=5, annotation=a)
             for i, a in enumerate(['topic:A', 'topic:A', 'topic:B', 'topic:Zq'])]
     emb = np.eye(4)
-    m = dv.prompt_metrics(rows, emb, {'topic': ['A', 'B', 'B', 'B']}, 'Sure!', ['topic'],
-                                 lambda k, n: 2.0, {'topic': {'A', 'B', 'C'}})
+    ref = dict(opening='Sure!', cat_keys=['topic'], known={'topic': {'A', 'B', 'C'}}, words={'sure', 'word'},
+               sft_key='topic', sft_values={'A'}, prior_h=lambda k, n: 2.0)
+    m = dv.prompt_metrics(rows, emb, {'topic': ['A', 'B', 'B', 'B']}, ref, annotated=True)
     assert m['ann_entropy_topic'] == pytest.approx(1.5)  # (1/2, 1/4, 1/4)
     assert m['prior_kept_topic'] == pytest.approx(0.75)  # 1.5 / 2.0
     assert m['ann_valid_topic'] == pytest.approx(0.75)  # 'Zq' is no corpus label
     assert m['fidelity_topic'] == pytest.approx(0.5)  # A=A, A!=B, B=B, Zq!=B
+    assert m['sft_share'] == pytest.approx(0.25)  # the judge puts one sample of four in the SFT set's {A}
+    assert m['fluency'] == pytest.approx(4 / 8)  # the content's words: 't' (unknown) and 'word' per sample
     assert m['format_rate'] == 1.0 and m['finish_rate'] == pytest.approx(0.75)
     assert m['entropy_topic'] == pytest.approx(-(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75)))
+    plain = dv.prompt_metrics(rows, emb, {'topic': ['A', 'B', 'B', 'B']}, ref, annotated=False)
+    assert 'ann_valid_topic' not in plain and 'fidelity_topic' not in plain
+
+
+def test_content_drops_only_the_format_line():
+    assert dv.content('Sure! Here.\nA cat sat.', 'Sure! Here.') == 'A cat sat.'
+    assert dv.content('  Sure! Here. A cat.', 'Sure! Here.') == 'A cat.'
+    assert dv.content('A cat. Sure! Here.', 'Sure! Here.') == 'A cat. Sure! Here.'  # only at the start
+    assert dv.content('Sure!', '') == 'Sure!'
+
+
+def test_fluency_worked_example():
+    words = {'the', 'cat', 'sat'}
+    assert dv.fluency(['The cat sat.', 'the dog'], words) == pytest.approx(4 / 5)  # 'dog' is unknown
+    assert dv.fluency(['42 !!', ''], words) == 0.0  # no words at all
+    assert dv.fluency(["cat's"], words) == pytest.approx(1 / 2)  # 'cat' and 's'

@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_MODEL, one_error_line, run
 from formats import ANN, IGNORE, TEXT, load_meta, load_tokenizer, sft_example
 
-SFT = ['--sft_iters=4', '--sft_eval_interval=4', '--eval_iters=1', '--sft_batch_size=4', '--progress=False',
+SFT = ['--sft_iters=4', '--sft_eval_interval=2', '--eval_iters=1', '--sft_batch_size=4', '--progress=False',
        '--device=cpu', '--log_interval=1']
 
 
@@ -24,6 +24,8 @@ def ckpts(tiny_data, tmp_path_factory):
     r = run('anchor_sft.py', '--method=sft', f'--init_dir={root / "base"}', f'--out_dir={root / "sft"}', *SFT)
     assert 'done: 4 iters' in r.stdout
     run('anchor_sft.py', '--method=anchor', f'--init_dir={root / "annotated"}', f'--out_dir={root / "anchor"}', *SFT)
+    run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', f'--init_dir={root / "annotated"}',
+        f'--out_dir={root / "distill"}', *SFT)
     return root
 
 
@@ -67,16 +69,70 @@ def test_anchored_batch_supervises_exactly_response_and_key_rows(tiny_data):
     assert any(is_value) and not all(is_value)
 
 
+def test_prior_distillation_positions_and_loss(tiny_data):
+    """distill_inputs pairs every student position that predicts the annotation (from <|ann|> to the
+    last token of z, which predicts <|text|>) with the teacher reading <|bos|><|ann|> z; the KL is
+    zero where the two agree and its gradient reaches only those student positions."""
+    import anchor_sft
+    from formats import BOS, annotation_span, encode_annotation
+    meta = load_meta(tiny_data)
+    enc, sp = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    z, z2 = 'topic:Arts entity:Mona_Lisa', 'topic:Sport'
+    rows = [sft_example(enc, sp, 'Hi there.', 'Sure!\nA poem.', z)[0], sft_example(enc, sp, 'Hi.', 'Ok.', z2)[0]]
+    t_in, s_pos, mask = anchor_sft.distill_inputs(rows, sp)
+    for b, (ids, ann) in enumerate(zip(rows, (z, z2))):
+        z_ids = encode_annotation(enc, ann)[0]
+        start, end = annotation_span(ids, sp)
+        assert ids[start] == sp[ANN] and ids[end] == sp[TEXT] and end - start == len(z_ids) + 1
+        pos = s_pos[b][mask[b]].tolist()
+        assert pos == list(range(start, end))
+        assert [ids[p + 1] for p in pos] == z_ids + [sp[TEXT]]  # the student predicts z, then <|text|>
+        teacher = [sp[BOS], sp[ANN]] + z_ids
+        assert t_in[b, :len(teacher)].tolist() == teacher
+        # aligned positions read the same token: teacher position j + 1 and student position start + j
+        assert [t_in[b, j + 1].item() for j in range(len(pos))] == [ids[p] for p in pos]
+    assert mask.sum(1).tolist() == [len(encode_annotation(enc, a)[0]) + 1 for a in (z, z2)]
+
+    torch.manual_seed(0)
+    V = 11
+    logits = torch.randn(2, max(map(len, rows)), V, requires_grad=True)
+    gather = lambda lg: lg.gather(1, s_pos[..., None].expand(-1, -1, V))
+    same = anchor_sft.distill_kl(gather(logits), gather(logits).detach(), mask)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    other = gather(logits).detach() + torch.randn(2, s_pos.size(1), V)
+    kl = anchor_sft.distill_kl(gather(logits), other, mask)
+    assert kl.item() > 0
+    kl.backward()
+    touched = logits.grad.abs().sum(-1) > 0
+    expect = torch.zeros_like(touched)
+    for b in range(2):
+        expect[b, s_pos[b][mask[b]]] = True
+    assert torch.equal(touched, expect)  # no gradient at the prompt, the response or the padding
+
+
 def test_sft_outputs(ckpts):
     ck = torch.load(ckpts / 'anchor' / 'ckpt.pt', weights_only=False)
     assert ck['stage'] == 'sft' and ck['method'] == 'anchor' and ck['iter_num'] == 4
     s = json.load(open(ckpts / 'anchor' / 'sft_set.json'))
     assert s['rows'] > 0 and s['sft_key'] == 'topic' and 0 < s['entropy_bits'] <= 1.0001  # two topics
+    # the SFT length rule: the lowest-val-loss checkpoint is kept as best.pt, for every method
+    for name in ('sft', 'anchor', 'distill'):
+        last = torch.load(ckpts / name / 'ckpt.pt', weights_only=False)
+        evals = [(h['val_loss'], h['iter']) for h in last['history'] if 'val_loss' in h]
+        best = torch.load(ckpts / name / 'best.pt', weights_only=False)
+        assert len(evals) == 2 and (best['best_val_loss'], best['iter_num']) == min(evals)
+    d = torch.load(ckpts / 'distill' / 'ckpt.pt', weights_only=False)
+    assert d['anchor_prior'] == 'distill' and ck['anchor_prior'] == 'mask'
+    # distillation needs an annotated prior to keep: a plain pretrained model has none
+    r = run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', f'--init_dir={ckpts / "base"}',
+            f'--out_dir={ckpts / "nope"}', *SFT, check=False)
+    one_error_line(r, "anchor_prior='distill' needs an annotated pretrained init_dir")
 
 
 def test_sft_refusals(tiny_data, ckpts, tmp_path):
     base = [f'--init_dir={ckpts / "base"}', f'--out_dir={tmp_path / "o"}', *SFT]
-    one_error_line(run('anchor_sft.py', *base, '--method=magic', check=False), "method must be 'sft' or 'anchor'")
+    one_error_line(run('anchor_sft.py', *base, '--method=magic', check=False),
+                   "method must be one of sft, anchor; got 'magic'")
     # a data dir whose tokenizer differs from the checkpoint's
     other = tmp_path / 'other'
     shutil.copytree(tiny_data, other)
@@ -133,13 +189,15 @@ def test_sample_modes(ckpts, tmp_path):
 
 
 def test_sample_batched_equals_one_at_a_time(ckpts, tmp_path):
-    """Greedy: a batch of samples with the KV cache gives the tokens of one-at-a-time sampling
-    without the cache."""
+    """Greedy: batches holding the rows of several prompts of different lengths (left-padded) with
+    the KV cache give the tokens of one-at-a-time sampling without the cache."""
     args = [f'--ckpt_dir={ckpts / "anchor"}', '--num_samples=4', '--max_new_tokens=25', '--temperature=0',
             '--progress=False', '--device=cpu']
-    run('sample.py', *args, '--batch_size=4', f'--out={tmp_path / "a.jsonl"}')
-    run('sample.py', *args, '--batch_size=1', '--use_cache=False', f'--out={tmp_path / "b.jsonl"}')
-    assert samples(tmp_path / 'a.jsonl') == samples(tmp_path / 'b.jsonl')
+    run('sample.py', *args, '--sample_batch_size=24', f'--out={tmp_path / "a.jsonl"}')
+    run('sample.py', *args, '--sample_batch_size=1', '--use_cache=False', f'--out={tmp_path / "b.jsonl"}')
+    a = samples(tmp_path / 'a.jsonl')
+    assert a == samples(tmp_path / 'b.jsonl')
+    assert len({len(r['prompt']) for r in a[:24]}) > 1  # a batch really held prompts of different lengths
 
 
 def test_sample_refusals(ckpts, tmp_path):

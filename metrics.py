@@ -1,0 +1,164 @@
+"""
+The metrics of diversity.py, as pure functions of one prompt's samples (and of the numbers they
+give), so each can be tested on hand-made inputs with known answers. Every diversity metric is
+"higher = more diverse", which the collapse definitions need (DESIGN.md section 1):
+
+    entropy_bits    Shannon entropy of labels (the paper's story metric, on judge labels)
+    dissimilarity   mean pairwise 1 - cos of sentence embeddings (the paper's dialogue metric)
+    vendi           exp(entropy of the eigenvalues of K/n), K = cosine similarities (Friedman & Dieng 2023)
+    distinct_n      distinct word n-grams / all word n-grams
+    gzip_diversity  gzip bytes / raw bytes of the samples joined
+
+    collapse(m) = (D_base - D_m) / D_base, collapse_ratio = collapse(sft) / collapse(anchored),
+    gap_closed = (D_anchored - D_sft) / (D_base - D_sft)
+
+and the competence figures that say whether a diversity number means anything (DESIGN.md 1.7):
+fluency (share of words the corpus knows), sft_share, valid annotation values, prior kept, fidelity.
+"""
+import gzip
+import math
+from collections import Counter
+
+import numpy as np
+
+from formats import WORD, parse_annotation
+
+
+def entropy_bits(labels):
+    """Shannon entropy (bits) of the empirical label distribution: 0 if all agree, log2 k for k
+    equally frequent labels. The paper's story metric, applied to judge labels or annotations."""
+    counts = np.array(list(Counter(labels).values()), dtype=float)
+    if counts.sum() == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def cosine_matrix(emb):
+    e = np.asarray(emb, dtype=np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return e @ e.T
+
+
+def dissimilarity(emb):
+    """Mean of 1 - cos over all pairs i < j (paper: dialogue diversity). 0 = all samples the same."""
+    n = len(emb)
+    if n < 2:
+        return 0.0
+    k = cosine_matrix(emb)
+    return max(0.0, float(1.0 - (k.sum() - np.trace(k)) / (n * (n - 1))))  # clip rounding below 0
+
+
+def vendi(emb):
+    """Vendi score: the effective number of distinct samples, 1 (all the same) to n (orthogonal).
+    K/n has trace 1, so its eigenvalues are a distribution; exp of its entropy is the score."""
+    lam = np.linalg.eigvalsh(cosine_matrix(emb) / len(emb))
+    lam = lam[lam > 1e-12]  # drop zeros and tiny negative rounding
+    return float(np.exp(-(lam * np.log(lam)).sum()))
+
+
+def distinct_n(texts, n=2):
+    """Distinct word n-grams / all word n-grams, n-grams taken inside each sample (whitespace words)."""
+    grams = [tuple(w[i:i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def gzip_diversity(texts):
+    """gzip bytes / raw bytes of the samples joined. This is the inverse of the usual "compression
+    ratio" (raw/compressed, Shaib et al. 2024) so that higher = more diverse, like every other metric:
+    repeated samples compress well and score low. Short texts can exceed 1 (gzip's ~20-byte header)."""
+    raw = '\n'.join(texts).encode()
+    return len(gzip.compress(raw, mtime=0)) / len(raw) if raw else 0.0
+
+
+def content(text, opening):
+    """A sample without the SFT format's fixed first line: diversity, the judge and fluency are
+    about what a text says, and the judge was trained on corpus documents, which have no such line."""
+    stripped = text.lstrip()
+    return stripped[len(opening):].lstrip() if opening and stripped.startswith(opening) else text
+
+
+def fluency(texts, words):
+    """Share of the words of texts (runs of letters, lowercased) that occur in the pretraining
+    corpus (words: a set): a proxy for 'writes words, not noise'. No words at all: 0."""
+    ws = [w.lower() for t in texts for w in WORD.findall(t)]
+    return float(np.mean([w in words for w in ws])) if ws else 0.0
+
+
+def ann_values(annotation):
+    """'key:value ...' -> {key: value}, the first value of a repeated key wins."""
+    d = {}
+    for k, v in parse_annotation(annotation):
+        d.setdefault(k, v)
+    return d
+
+
+# -----------------------------------------------------------------------------
+# collapse (DESIGN.md section 1): numpy division, so x/0 is inf or nan instead of an exception;
+# works on scalars and on arrays of bootstrap resamples alike
+
+def _div(a, b):
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.divide(np.asarray(a, dtype=float), np.asarray(b, dtype=float))[()]
+
+
+def collapse(d_base, d_m):
+    return _div(np.subtract(d_base, d_m), d_base)
+
+
+def collapse_ratio(c_sft, c_anchored):
+    return _div(c_sft, c_anchored)
+
+
+def gap_closed(d_base, d_sft, d_anchored):
+    return _div(np.subtract(d_anchored, d_sft), np.subtract(d_base, d_sft))
+
+
+def ci95(boot):
+    """95% percentile CI of bootstrap values; nan resamples (0/0) are dropped. 'lower'/'higher'
+    pick real resample values, so an inf resample never turns into nan by interpolation."""
+    x = np.asarray(boot, dtype=float).ravel()
+    x = x[~np.isnan(x)]
+    if not len(x):
+        return [math.nan, math.nan]
+    return [float(np.percentile(x, 2.5, method='lower')), float(np.percentile(x, 97.5, method='higher'))]
+
+
+def expected_entropy(counts, n, rng, reps=2000):
+    """Mean entropy (bits) of n draws from the distribution `counts`. With n samples per prompt the
+    label entropy can never exceed log2(n), so sampled annotations are compared with n corpus draws."""
+    p = np.asarray(counts, dtype=float) / np.sum(counts)
+    draws = rng.choice(len(p), size=(reps, n), p=p) + len(p) * np.arange(reps)[:, None]
+    c = np.bincount(draws.ravel(), minlength=reps * len(p)).reshape(reps, len(p)) / n
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return float(np.nansum(-c * np.log2(c), axis=1).mean()) + 0.0
+
+
+def prompt_metrics(rows, emb, judged, ref, annotated):
+    """Every metric of one prompt's samples. emb, judged ({key: judge labels}): of the samples'
+    content (without the format line). ref: what the corpus says, a dict with opening (the SFT
+    format's first line), cat_keys, known ({key: the corpus's values}), words (the corpus's words),
+    sft_key and sft_values (the SFT set's slice), prior_h(k, n) (entropy of n corpus draws of key k).
+    annotated: the arm sampled annotations."""
+    raw = [r['text'] for r in rows]
+    texts = [content(t, ref['opening']) for t in raw]  # emb and judged are of these, too
+    m = {f'entropy_{k}': entropy_bits(lab) for k, lab in judged.items()}
+    m.update(dissimilarity=dissimilarity(emb), vendi=vendi(emb), distinct2=distinct_n(texts),
+             gzip=gzip_diversity(texts))
+    fmt = np.array([t.lstrip().startswith(ref['opening']) for t in raw])
+    fin = np.array([r['finished'] for r in rows])
+    m.update(format_rate=fmt.mean(), finish_rate=fin.mean(), quality=(fmt & fin).mean(),
+             mean_tokens=np.mean([r['tokens'] for r in rows]), fluency=fluency(texts, ref['words']))
+    if ref['sft_key'] in judged:  # did SFT narrow the topics? the share judged to be the SFT set's
+        m['sft_share'] = np.mean([j in ref['sft_values'] for j in judged[ref['sft_key']]])
+    if annotated:
+        anns = [ann_values(r['annotation']) for r in rows]
+        for k in ref['cat_keys']:
+            vals = [a.get(k, '') for a in anns]  # a missing key counts as its own value ''
+            m[f'ann_entropy_{k}'] = entropy_bits(vals)
+            m[f'prior_kept_{k}'] = _div(m[f'ann_entropy_{k}'], ref['prior_h'](k, len(rows)))
+            # malformed values also add entropy: how many sampled values are real labels at all
+            m[f'ann_valid_{k}'] = np.mean([v in ref['known'][k] for v in vals])
+            if k in judged:  # does the text follow its annotation?
+                m[f'fidelity_{k}'] = np.mean([j == v for j, v in zip(judged[k], vals)])
+    return {k: float(v) for k, v in m.items()}
