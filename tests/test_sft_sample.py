@@ -200,6 +200,19 @@ def test_sample_batched_equals_one_at_a_time(ckpts, tmp_path):
     assert len({len(r['prompt']) for r in a[:24]}) > 1  # a batch really held prompts of different lengths
 
 
+def test_sample_budget_is_the_same_for_every_row(ckpts, tmp_path):
+    """max_new_tokens past block_size: every row gets what fits after the longest prompt, so a
+    sample never depends on which prompts share its batch."""
+    args = [f'--ckpt_dir={ckpts / "sft"}', '--num_samples=1', '--max_new_tokens=100000', '--temperature=0',
+            '--progress=False', '--device=cpu']
+    r = run('sample.py', *args, '--sample_batch_size=64', f'--out={tmp_path / "a.jsonl"}')
+    assert 'every sample gets' in r.stdout
+    run('sample.py', *args, '--sample_batch_size=1', f'--out={tmp_path / "b.jsonl"}')
+    a = samples(tmp_path / 'a.jsonl')
+    assert a == samples(tmp_path / 'b.jsonl')
+    assert any(not row['finished'] for row in a)  # some rows ran into the budget
+
+
 def test_sample_refusals(ckpts, tmp_path):
     one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "sft"}', '--no_annotation=True', check=False),
                    'need an anchor checkpoint')
