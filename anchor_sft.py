@@ -141,7 +141,7 @@ def distill_inputs(seqs, sp):
 
 def make_get_batch(rows, device, sp=None):
     """Random rows, right-padded to the longest in the micro-batch; padding is never a target.
-    With sp (prior distillation) every batch also carries distill_inputs."""
+    With sp (prior distillation) every training batch also carries distill_inputs."""
     def get_batch(split, gen, micro_ids):
         data = rows[split]
         n = gradient_accumulation_steps if split == 'train' else 1
@@ -155,7 +155,8 @@ def make_get_batch(rows, device, sp=None):
             for b, (ids, targets) in enumerate(batch):
                 x[b, :len(ids)] = torch.tensor(ids)
                 y[b, :len(targets)] = torch.tensor(targets)
-            extra = distill_inputs([ids for ids, _ in batch], sp) if sp is not None else ()
+            # evaluation reports the plain SFT loss (lm_loss): only training batches need the teacher's view
+            extra = distill_inputs([ids for ids, _ in batch], sp) if sp is not None and split == 'train' else ()
             out.append(tuple(t.to(device) for t in (x, y, *extra)))
         return out
     return get_batch

@@ -161,7 +161,7 @@ def resume_state(ckpt):
     if ckpt is None:
         return dict(iter_num=0, best_val_loss=float('inf'), history=[], data_rng=None, torch_rng=None,
                     cuda_rng=None, train_time=0.0)
-    keys = ('iter_num', 'best_val_loss', 'history', 'data_rng', 'torch_rng', 'cuda_rng', 'train_time')
+    keys = ('iter_num', 'best_val_loss', 'history', 'data_rng', 'torch_rng', 'cuda_rng')
     return dict({k: ckpt.get(k) for k in keys}, train_time=ckpt.get('train_time') or 0.0)
 
 
@@ -199,9 +199,7 @@ def train(model, optimizer, get_batch, cfg, env, state, ckpt_extra, loss_fn=lm_l
     device, device_type, master = env['device'], env['device_type'], env['master']
     world, rank = env['world'], env['rank']
     accum = cfg['gradient_accumulation_steps']
-    if accum % world:
-        raise UserError(f"gradient_accumulation_steps={accum} must be divisible by the {world} ranks")
-    accum //= world  # each rank does its share of the micro-batches of one iteration
+    accum //= world  # each rank does its share (check_training_config: accum divides by the ranks)
     my_micro = list(range(rank * accum, (rank + 1) * accum))
     ctx = autocast(device_type, cfg['dtype'])
     raw = model
