@@ -19,6 +19,9 @@ adds prior distillation: lambda * KL(R_pre(. | z_<t) || R_theta(. | x, z_<t)) at
 positions t, where R_pre is the frozen annotated-pretrained model (the SFT's starting point) reading
 the same annotation after <|bos|><|ann|>, i.e. exactly the pretraining prior the paper wants kept.
 The SFT rows' own annotation values are never targets (that would pull R(z|x) to the narrow slice).
+replay_rows > 0 adds replay: that many windows of the annotated pretraining stream (<|ann|> z <|text|>
+text, every token a target, as in pretraining) join every training micro-batch, so the SFT steps
+keep practising text that follows its annotation for every topic, not only the SFT set's (fidelity).
 
 SFT length, the same rule for every method: the loop keeps the checkpoint of the lowest SFT val loss
 as best.pt (sample.py uses it) and stops after sft_patience evaluations without a lower one.
@@ -27,11 +30,13 @@ import os
 import random
 from collections import Counter
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from common import UserError, main_guard, read_jsonl, write_json
-from formats import BOS, IGNORE, annotation_span, load_meta, load_tokenizer, parse_annotation, sft_example
+from formats import (BOS, IGNORE, annotation_span, load_meta, load_tokenizer, parse_annotation, sft_example,
+                     token_stream)
 from metrics import entropy_bits
 from training import (check_meta, check_training_config, lm_loss, load_checkpoint, model_from_checkpoint,
                       resume_state, setup_device, train)
@@ -46,6 +51,7 @@ method = 'sft'  # 'sft' (standard) or 'anchor' (annotation-anchored)
 key_fraction = 0.003  # anchored: fraction of rows whose annotation keys are supervised (paper: 0.3%)
 anchor_prior = 'mask'  # anchored: 'mask' (the paper: z is only masked) or 'distill' (+ prior distillation)
 distill_weight = 1.0  # lambda of the prior-distillation KL (per annotation position, like the LM loss per token)
+replay_rows = 0  # anchored: windows of the annotated pretraining stream added to every training micro-batch
 sft_topics = ''  # keep only rows whose annotation value of meta's sft_key is one of these ('' = all):
 sft_max_rows = 0  # and at most this many (0 = all); together: SFT sets of chosen semantic entropy
 init_from = 'pretrained'  # 'pretrained' (from init_dir) or 'resume' (from out_dir)
@@ -66,7 +72,7 @@ weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0
-dropout = 0.0
+sft_dropout = 0.0  # dropout during SFT (a few hundred rows for several epochs overfit; pretraining has its own)
 device = 'auto'
 backend = 'auto'
 dtype = 'auto'
@@ -139,22 +145,32 @@ def distill_inputs(seqs, sp):
     return t_in, s_pos, mask
 
 
-def make_get_batch(rows, device, sp=None):
+def make_get_batch(rows, device, sp=None, replay=None):
     """Random rows, right-padded to the longest in the micro-batch; padding is never a target.
-    With sp (prior distillation) every training batch also carries distill_inputs."""
+    With sp (prior distillation) every training batch also carries distill_inputs. With replay (a
+    token stream), replay_rows windows of it, as long as the micro-batch, follow the SFT rows in
+    every training batch, all their tokens targets (the loss is one mean over all targets)."""
+    longest = max(len(ids) for ids, _ in rows['train']) + 1  # a window and its shifted targets
     def get_batch(split, gen, micro_ids):
         data = rows[split]
-        n = gradient_accumulation_steps if split == 'train' else 1
+        train = split == 'train'
+        n = gradient_accumulation_steps if train else 1
         picks = torch.randint(len(data), (n, sft_batch_size), generator=gen)
+        n_rep = replay_rows if replay is not None and train else 0
+        # drawn for every micro-batch of every rank, like picks: each rank takes its own, in sync
+        starts = torch.randint(len(replay) - longest, (n, n_rep), generator=gen) if n_rep else None
         out = []
         for m in micro_ids:
             batch = [data[i] for i in picks[m].tolist()]
             T = max(len(ids) for ids, _ in batch)
-            x = torch.zeros(len(batch), T, dtype=torch.long)
-            y = torch.full((len(batch), T), IGNORE, dtype=torch.long)
+            x = torch.zeros(len(batch) + n_rep, T, dtype=torch.long)
+            y = torch.full((len(batch) + n_rep, T), IGNORE, dtype=torch.long)
             for b, (ids, targets) in enumerate(batch):
                 x[b, :len(ids)] = torch.tensor(ids)
                 y[b, :len(targets)] = torch.tensor(targets)
+            for r, i in enumerate(starts[m].tolist() if n_rep else ()):
+                window = torch.from_numpy(replay[i:i + T + 1].astype(np.int64))
+                x[len(batch) + r], y[len(batch) + r] = window[:-1], window[1:]
             # evaluation reports the plain SFT loss (lm_loss): only training batches need the teacher's view
             extra = distill_inputs([ids for ids, _ in batch], sp) if sp is not None and split == 'train' else ()
             out.append(tuple(t.to(device) for t in (x, y, *extra)))
@@ -180,7 +196,8 @@ def prior_distill_loss(teacher, weight):
         logits, loss = model(x, y)
         with torch.no_grad():
             t_logits = teacher(t_in, all_logits=True)[0][:, 1:]
-        s_logits = logits.gather(1, s_pos[..., None].expand(-1, -1, logits.size(-1)))
+        # the SFT rows come first; replay rows (if any) follow and have no annotation to distill
+        s_logits = logits[:len(s_pos)].gather(1, s_pos[..., None].expand(-1, -1, logits.size(-1)))
         return loss + weight * distill_kl(s_logits, t_logits, mask)
     return loss_fn
 
@@ -199,10 +216,11 @@ def load_teacher(ckpt, device):
 
 def main():
     check_training_config(config, positive=('sft_iters', 'sft_batch_size', 'sft_eval_interval'),
-                          nonneg=('sft_lr_frac', 'sft_warmup_iters', 'distill_weight', 'sft_max_rows', 'sft_patience'),
+                          nonneg=('sft_lr_frac', 'sft_warmup_iters', 'distill_weight', 'sft_max_rows', 'sft_patience',
+                                  'replay_rows'),
                           fractions=('key_fraction', 'sft_warmdown_frac', 'sft_final_lr_frac'),
                           choices=dict(method=('sft', 'anchor'), anchor_prior=('mask', 'distill'),
-                                       init_from=('pretrained', 'resume')))
+                                       init_from=('pretrained', 'resume')), dropout_key='sft_dropout')
     if threads:
         torch.set_num_threads(threads)
     env = setup_device(device, backend)
@@ -213,6 +231,9 @@ def main():
         if ckpt.get('anchor_prior') != (anchor_prior if method == 'anchor' else None):
             raise UserError(f"{out_dir}/ckpt.pt was trained with anchor_prior={ckpt.get('anchor_prior')}, "
                             f"not {anchor_prior}")
+        if method == 'anchor' and ckpt['config'].get('replay_rows', 0) != replay_rows:
+            raise UserError(f"{out_dir}/ckpt.pt was trained with replay_rows={ckpt['config'].get('replay_rows', 0)}, "
+                            f"not {replay_rows}")
     else:
         ckpt = load_checkpoint(os.path.join(init_dir, 'ckpt.pt'))
         if ckpt.get('stage') != 'pretrain':
@@ -226,7 +247,7 @@ def main():
     distill = anchored and anchor_prior == 'distill'
     teacher = load_teacher(ckpt, env['device']) if distill else None
     enc, sp = load_tokenizer(ddir, meta), meta['special_tokens']
-    model_args = dict(ckpt['model_args'], dropout=dropout)
+    model_args = dict(ckpt['model_args'], dropout=sft_dropout)
     block_size = model_args['block_size']
     rng = random.Random(seed)
     rows, topics = {}, {}
@@ -263,8 +284,10 @@ def main():
                  annotated=ckpt.get('annotated', False))
     extra['anchor_prior'] = anchor_prior if anchored else None
     loss_fn = prior_distill_loss(teacher, distill_weight) if distill else lm_loss
-    train(model, optimizer, make_get_batch(rows, env['device'], sp if distill else None), cfg, env, state, extra,
-          loss_fn)
+    # replay: the annotated stream the SFT's starting point was pretrained on (anchored SFT only)
+    replay = token_stream(ddir, 'annotated', 'train', block_size + 1) if anchored and replay_rows else None
+    train(model, optimizer, make_get_batch(rows, env['device'], sp if distill else None, replay), cfg, env, state,
+          extra, loss_fn)
     if env['ddp']:
         torch.distributed.destroy_process_group()
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 
+import numpy as np
 import tiktoken
 
 from common import UserError, read_json, write_json
@@ -73,6 +74,18 @@ def load_tokenizer(data_dir, meta):
 def encode(enc, text):
     """Ordinary text -> ids; special-token strings inside text are encoded as plain text."""
     return enc.encode_ordinary(text)
+
+
+def token_stream(data_dir, kind, split, min_tokens):
+    """The uint16 token stream {kind}_{split}.bin of annotate.py (kind: plain or annotated), memory
+    mapped; at least min_tokens long (a window and its shifted targets)."""
+    path = os.path.join(data_dir, f'{kind}_{split}.bin')
+    if not os.path.isfile(path):
+        raise UserError(f"token stream not found: {path} (run annotate.py)")
+    data = np.memmap(path, dtype=np.uint16, mode='r')
+    if len(data) < min_tokens:
+        raise UserError(f"{path} has {len(data)} tokens, fewer than the {min_tokens} a window needs")
+    return data
 
 
 def load_meta(data_dir):

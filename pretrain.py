@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from common import UserError, main_guard
-from formats import load_meta
+from formats import load_meta, token_stream
 from model import GPT, GPTConfig
 from training import (SCHEDULES, check_meta, check_model_config, check_training_config, load_checkpoint,
                       model_from_checkpoint, padded_vocab, resume_state, setup_device, train)
@@ -67,19 +67,9 @@ config = configure(globals())
 # -----------------------------------------------------------------------------
 
 
-def stream(split):
-    prefix = 'annotated' if annotated else 'plain'
-    path = os.path.join(data_dir, f'{prefix}_{split}.bin')
-    if not os.path.isfile(path):
-        raise UserError(f"token stream not found: {path} (run annotate.py)")
-    data = np.memmap(path, dtype=np.uint16, mode='r')
-    if len(data) <= block_size + 1:
-        raise UserError(f"{path} has {len(data)} tokens, fewer than block_size+1={block_size + 1}")
-    return data
-
-
 def make_get_batch(device):
-    data = {s: stream(s) for s in ('train', 'val')}
+    data = {s: token_stream(data_dir, 'annotated' if annotated else 'plain', s, block_size + 2)
+            for s in ('train', 'val')}
     world_micro = gradient_accumulation_steps  # micro-batches per iteration over all ranks
 
     def get_batch(split, gen, micro_ids):

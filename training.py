@@ -30,15 +30,15 @@ PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 
 
-def check_training_config(cfg, positive=(), nonneg=(), fractions=(), choices=None):
+def check_training_config(cfg, positive=(), nonneg=(), fractions=(), choices=None, dropout_key='dropout'):
     """The checks every training stage shares (pretrain.py, anchor_sft.py), plus the stage's own;
     and its out_dir must be writable. Run before any work."""
     check_config(cfg, positive=('gradient_accumulation_steps', 'eval_iters', 'log_interval') + tuple(positive),
                  nonneg=('weight_decay', 'grad_clip', 'threads', 'cpu_peak_flops') + tuple(nonneg),
-                 fractions=('dropout', 'beta1', 'beta2') + tuple(fractions),
+                 fractions=(dropout_key, 'beta1', 'beta2') + tuple(fractions),
                  choices=dict(dtype=DTYPES, backend=('auto', 'nccl', 'gloo'), **(choices or {})))
-    if cfg['dropout'] >= 1:
-        raise UserError(f"dropout must be < 1, got {cfg['dropout']}")
+    if cfg[dropout_key] >= 1:
+        raise UserError(f"{dropout_key} must be < 1, got {cfg[dropout_key]}")
     world = int(os.environ.get('WORLD_SIZE', 1))  # set by torchrun
     if cfg['gradient_accumulation_steps'] % world:
         raise UserError(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by "

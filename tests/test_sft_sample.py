@@ -24,8 +24,9 @@ def ckpts(tiny_data, tmp_path_factory):
     r = run('anchor_sft.py', '--method=sft', f'--init_dir={root / "base"}', f'--out_dir={root / "sft"}', *SFT)
     assert 'done: 4 iters' in r.stdout
     run('anchor_sft.py', '--method=anchor', f'--init_dir={root / "annotated"}', f'--out_dir={root / "anchor"}', *SFT)
-    run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', f'--init_dir={root / "annotated"}',
-        f'--out_dir={root / "distill"}', *SFT)
+    # the config/small.py recipe: prior distillation, replay of the annotated stream, SFT dropout
+    run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', '--replay_rows=2', '--sft_dropout=0.1',
+        f'--init_dir={root / "annotated"}', f'--out_dir={root / "distill"}', *SFT)
     return root
 
 
@@ -110,6 +111,46 @@ def test_prior_distillation_positions_and_loss(tiny_data):
     assert torch.equal(touched, expect)  # no gradient at the prompt, the response or the padding
 
 
+def test_replay_rows_and_their_loss(tiny_data):
+    """replay_rows windows of the stream follow the SFT rows of a training batch, as long as the
+    batch, every token a target (y = x shifted by one); evaluation batches have none; the SFT rows
+    are the ones drawn without replay. Prior distillation reads only the SFT rows: with a student
+    that agrees with the teacher, the loss is the plain LM loss over SFT and replay targets."""
+    import numpy as np
+    import anchor_sft
+    meta = load_meta(tiny_data)
+    enc, sp = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    rows = [sft_example(enc, sp, p, 'Sure!\nA poem.', z)
+            for p, z in (('Hi there.', 'topic:Arts entity:Mona_Lisa'), ('Hi.', 'topic:Sport'), ('Yo.', 'topic:Arts'))]
+    stream = np.arange(1000, dtype=np.uint16) % 97 + 5
+    anchor_sft.sft_batch_size, anchor_sft.replay_rows = 3, 2
+    try:
+        plain = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu', sp)
+        mixed = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu', sp, stream)
+        x0, y0, *d0 = plain('train', torch.Generator().manual_seed(3), [0])[0]
+        x, y, *d = mixed('train', torch.Generator().manual_seed(3), [0])[0]
+        assert x.shape == (5, x0.size(1)) and torch.equal(x[:3], x0) and torch.equal(y[:3], y0)
+        assert all(torch.equal(a, b) for a, b in zip(d, d0))  # distillation sees the same SFT rows
+        for r in (3, 4):
+            i = (x[r, 0].item() - 5) % 97  # the stream is periodic: any window start maps to one offset
+            assert x[r].tolist() == [(i + j) % 97 + 5 for j in range(x.size(1))]
+            assert torch.equal(y[r, :-1], x[r, 1:]) and y[r, -1].item() == (i + x.size(1)) % 97 + 5
+        assert mixed('val', torch.Generator().manual_seed(3), [0])[0][0].size(0) == 3
+        # a student that reads like the teacher (logits = a table of the current token) distils to 0
+        V = int(x.max()) + 1
+        table = torch.randn(V, V)
+
+        def model(inp, targets=None, all_logits=False):
+            logits = table[inp]
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE) \
+                if targets is not None else None
+            return logits, loss
+        loss = anchor_sft.prior_distill_loss(model, 1.0)(model, (x, y, *d))
+        assert loss.item() == pytest.approx(model(x, y)[1].item(), abs=1e-5)
+    finally:
+        anchor_sft.sft_batch_size, anchor_sft.replay_rows = 16, 0
+
+
 def test_sft_outputs(ckpts):
     ck = torch.load(ckpts / 'anchor' / 'ckpt.pt', weights_only=False)
     assert ck['stage'] == 'sft' and ck['method'] == 'anchor' and ck['iter_num'] == 4
@@ -156,6 +197,11 @@ def test_sft_refusals(tiny_data, ckpts, tmp_path):
     # a pretrain checkpoint passed where an SFT one is resumed
     one_error_line(run('anchor_sft.py', f'--out_dir={ckpts / "base"}', '--init_from=resume', *SFT, check=False),
                    'not a method')
+    # resuming with another replay than the run was trained with
+    shutil.copytree(ckpts / 'distill', tmp_path / 'd')
+    one_error_line(run('anchor_sft.py', f'--out_dir={tmp_path / "d"}', '--init_from=resume', '--method=anchor',
+                       '--anchor_prior=distill', '--replay_rows=1', *SFT, check=False), 'trained with replay_rows=2')
+    one_error_line(run('anchor_sft.py', *base, '--sft_dropout=1.0', check=False), 'sft_dropout must be')
 
 
 def samples(path):
