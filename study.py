@@ -6,8 +6,8 @@ and the diversity report, for the arms of the paper's study (DESIGN.md section 1
     annotated-base    annotated pretraining, unconditional samples (annotation, then text)
     sft               plain pretraining + standard SFT
     anchored          annotated pretraining + anchored SFT as the config sets it (config/small.py: with
-                      prior distillation, DESIGN.md 1.8), annotation sampled first: the headline arm
-    anchored-mask     the same with the paper's plain masking (anchor_prior=mask): the paper-faithful arm
+                      prior distillation and replay, DESIGN.md 1.8), annotation sampled first: the headline arm
+    anchored-mask     the same with the paper's plain masking (anchor_prior=mask, no replay): the paper-faithful arm
     anchored-plain    ablation: anchored SFT (masking) on the plain pretrained model
     anchored-noann    ablation: the anchored model with an empty annotation (--no_annotation)
     anchored-prior    the anchored model, its annotation drawn from the annotated *pretrained* model,
@@ -46,6 +46,9 @@ sft_topic_counts = ''  # e.g. '1,2,4,8': SFT sets allowing that many topics (col
 sweep_topics = ''  # the sweep's topics in order, k topics = the first k; '' = the most common values of sft_key
 sweep_rows = 150  # SFT rows per sweep set: equal size, so only the semantic entropy differs
 sweep_docs = 1200  # SFT documents held out over all sweep topics
+jobs = 1  # training stages that do not depend on each other run this many at a time, each with
+# cores // jobs torch threads (a small model uses 2 threads poorly: on 2 cores the two pretrainings
+# side by side at 1 thread each finish ~20% sooner than one after the other at 2 threads)
 sizes = ''  # scaling: 'name:pretrain args;name:args' (base, sft, anchored at each size; '' = one size)
 force = False  # rerun every stage
 from configurator import configure  # noqa: E402
@@ -80,19 +83,48 @@ class Stages:
         self.times = {}
 
     def run(self, name, script, args, outputs, deps=()):
-        cmd = [sys.executable, script, config_file] + [str(a) for a in args]
-        stamp = sha(json.dumps(cmd[1:]), self.cfg_hash, file_hash(script), *(self.stamps.get(d, '') for d in deps))
-        if self.stamps.get(name) == stamp and all(os.path.exists(o) for o in outputs):
-            print(f"[{name}] up to date, skipped")
-            return
-        print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
-        t0 = time.time()
-        r = subprocess.run(cmd)
-        if r.returncode != 0:
-            raise UserError(f"stage '{name}' failed (exit {r.returncode}): {' '.join(cmd[1:])}")
-        self.times[name] = round(time.time() - t0, 1)
-        self.stamps[name] = stamp
-        write_json(self.path, self.stamps)  # after every stage: an interrupted study resumes here
+        self.run_all([(name, script, args, outputs, deps)])
+
+    def run_all(self, stages, threaded=False):
+        """Stages (name, script, args, outputs, deps) that do not depend on each other, `jobs` at a
+        time. threaded: the scripts take --threads; with jobs > 1 each gets cores // jobs threads,
+        and the output of stages that run side by side goes to out_root/logs/<name>.log."""
+        todo = []
+        for name, script, args, outputs, deps in stages:
+            cmd = [sys.executable, script, config_file] + [str(a) for a in args]
+            if threaded and jobs > 1:  # (their output goes to a log: no progress bars)
+                cmd += [f'--threads={max(1, (os.cpu_count() or 1) // jobs)}', '--progress=False']
+            stamp = sha(json.dumps(cmd[1:]), self.cfg_hash, file_hash(script), *(self.stamps.get(d, '') for d in deps))
+            if self.stamps.get(name) == stamp and all(os.path.exists(o) for o in outputs):
+                print(f"[{name}] up to date, skipped")
+            else:
+                todo.append((name, cmd, stamp))
+        for i in range(0, len(todo), jobs):
+            batch, procs = todo[i:i + jobs], []
+            for name, cmd, _ in batch:
+                log = os.path.join(out_root, 'logs', f'{name}.log') if len(batch) > 1 else None
+                print(f"[{name}] {' '.join(cmd[1:])}" + (f"  (log: {log})" if log else ''), flush=True)
+                if log:
+                    os.makedirs(os.path.dirname(log), exist_ok=True)
+                out = open(log, 'w') if log else None
+                procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None), out,
+                              log, time.time()))
+            failed = []
+            for (name, cmd, stamp), (proc, out, log, t0) in zip(batch, procs):
+                rc = proc.wait()
+                if out:
+                    out.close()
+                if rc != 0:
+                    failed.append(f"stage '{name}' failed (exit {rc}): {' '.join(cmd[1:])}"
+                                  + (f" (log: {log})" if log else ''))
+                    continue
+                self.times[name] = round(time.time() - t0, 1)
+                self.stamps[name] = stamp
+                if log:
+                    print(f"[{name}] done in {self.times[name]:.0f}s")
+            write_json(self.path, self.stamps)  # after every batch: an interrupted study resumes here
+            if failed:
+                raise UserError('; '.join(failed))
 
 
 def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=(), topics=()):
@@ -102,17 +134,18 @@ def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=()
     names (scaling sizes)."""
     o = lambda *p: os.path.join(root, *p)
     d = f'--data_dir={data_dir}'
-    st.run(f'{tag}pretrain-plain', 'pretrain.py', [d, f'--out_dir={o("base")}', *pretrain_args],
-           [o('base', 'ckpt.pt')], ['annotate'])
-    st.run(f'{tag}pretrain-annotated', 'pretrain.py', [d, '--annotated=True', f'--out_dir={o("annotated-base")}',
-                                                       *pretrain_args], [o('annotated-base', 'ckpt.pt')], ['annotate'])
+    st.run_all([(f'{tag}pretrain-plain', 'pretrain.py', [d, f'--out_dir={o("base")}', *pretrain_args],
+                 [o('base', 'ckpt.pt')], ['annotate']),
+                (f'{tag}pretrain-annotated', 'pretrain.py',
+                 [d, '--annotated=True', f'--out_dir={o("annotated-base")}', *pretrain_args],
+                 [o('annotated-base', 'ckpt.pt')], ['annotate'])], threaded=True)
     init = {'sft': 'base', 'anchor': 'annotated-base'}
     stage = lambda run: {'base': f'{tag}pretrain-plain', 'annotated-base': f'{tag}pretrain-annotated'}.get(
         run, f'{tag}{run}')  # the stage that writes the checkpoint of a run
 
     def post(run, method, init_run, *args):
-        st.run(f'{tag}{run}', 'anchor_sft.py', [d, f'--method={method}', f'--init_dir={o(init_run)}',
-                                                f'--out_dir={o(run)}', *args], [o(run, 'ckpt.pt')], [stage(init_run)])
+        return (f'{tag}{run}', 'anchor_sft.py', [d, f'--method={method}', f'--init_dir={o(init_run)}',
+                                                 f'--out_dir={o(run)}', *args], [o(run, 'ckpt.pt')], [stage(init_run)])
 
     def sample(arm, run, temp=temperature, *args):
         path = o('samples', f'{arm}.jsonl')
@@ -122,20 +155,20 @@ def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=()
                                                    f'--temperature={temp}', *args], [path], [dep])
         return arm, path
 
-    arms = [sample('base', 'base')] + ([sample('annotated-base', 'annotated-base')] if full else [])
     if ks:  # SFT sets of k topics, equal size: only their semantic entropy differs
-        for k in ks:
-            for method, run in (('sft', f'sft-k{k}'), ('anchor', f'anchored-k{k}')):
-                post(run, method, init[method], f'--sft_topics={",".join(topics[:k])}', f'--sft_max_rows={sweep_rows}')
-                arms.append(sample(run, run))
-        return arms
-    post('sft', 'sft', 'base')
-    post('anchored', 'anchor', 'annotated-base')
-    post('anchored-mask', 'anchor', 'annotated-base', '--anchor_prior=mask')  # the paper's recipe as it is
+        runs = [(method, f'{name}-k{k}', k) for k in ks for method, name in (('sft', 'sft'), ('anchor', 'anchored'))]
+        st.run_all([post(run, method, init[method], f'--sft_topics={",".join(topics[:k])}',
+                         f'--sft_max_rows={sweep_rows}') for method, run, k in runs], threaded=True)
+        return [sample('base', 'base'), sample('annotated-base', 'annotated-base')] + [sample(r, r) for _, r, _ in runs]
+    paper = ['--anchor_prior=mask', '--replay_rows=0']  # the paper's recipe as it is: z masked, nothing more
+    posts = [post('sft', 'sft', 'base'), post('anchored', 'anchor', 'annotated-base'),
+             post('anchored-mask', 'anchor', 'annotated-base', *paper)]
+    if full:  # ablation: the prior must come from pretraining (a plain model has none to distill)
+        posts.append(post('anchored-plain', 'anchor', 'base', *paper))
+    st.run_all(posts, threaded=True)
+    arms = [sample('base', 'base')] + ([sample('annotated-base', 'annotated-base')] if full else [])
     arms += [sample('sft', 'sft'), sample('anchored', 'anchored'), sample('anchored-mask', 'anchored-mask')]
     if full:
-        # ablation: the prior must come from pretraining (a plain model has none to distill)
-        post('anchored-plain', 'anchor', 'base', '--anchor_prior=mask')
         arms += [sample('anchored-plain', 'anchored-plain'),
                  sample('anchored-noann', 'anchored', temperature, '--no_annotation=True'),
                  # the annotation from the pretrained prior R(z) itself: the paper's goal distribution
@@ -224,7 +257,7 @@ def numbers(key, text, kind):
 def main():
     if not os.path.isfile(config_file):
         raise UserError(f"config file not found: {config_file}")
-    check_config(config, positive=('num_samples', 'max_new_tokens', 'sweep_rows', 'sweep_docs'),
+    check_config(config, positive=('num_samples', 'max_new_tokens', 'sweep_rows', 'sweep_docs', 'jobs'),
                  nonneg=('temperature',))
     temps, ks = numbers('temperatures', temperatures, float), numbers('sft_topic_counts', sft_topic_counts, int)
     if any(t < 0 for t in temps) or any(k < 1 for k in ks):

@@ -34,6 +34,8 @@ progress = False
 device = 'cpu'
 bootstrap = 50
 anchor_prior = 'distill'
+replay_rows = 2
+sft_dropout = 0.1
 """
 # study.py's own keys can live in the same config file as every stage's
 STUDY_KEYS = """
@@ -86,7 +88,7 @@ def test_sft_entropy_sweep(tmp_path):
     cfg.write_text(TINY_CONFIG.format(corpus=str(corpus)).replace('sft_val_docs = 4', 'sft_val_docs = 12'))
     run('study.py', str(cfg), f'--out_root={tmp_path / "out"}', f'--data_root={tmp_path / "data"}',
         '--data_name=tiny', '--num_samples=3', '--max_new_tokens=16', '--sft_topic_counts=1,2',
-        '--sweep_docs=36', '--sweep_rows=8', timeout=600)
+        '--sweep_docs=36', '--sweep_rows=8', '--jobs=2', timeout=600)
     sets = {k: json.load(open(tmp_path / 'out' / f'sft-k{k}' / 'sft_set.json')) for k in (1, 2)}
     assert sets[1]['entropy_bits'] == 0 and len(sets[1]['counts']) == 1 and sets[1]['rows'] == 8
     assert sets[2]['entropy_bits'] > 0.5
@@ -98,3 +100,7 @@ def test_sft_entropy_sweep(tmp_path):
     meta = json.load(open(tmp_path / 'data' / 'tiny-sweep' / 'meta.json'))
     assert len(meta['sft_values']) == 2  # sweep_topics '': the two most common topics (top:2)
     assert set(sets[2]['counts']) == set(meta['sft_values']) and set(sets[1]['counts']) == {meta['sft_values'][0]}
+    # jobs=2: the training stages ran in pairs, 1 thread each, their output in logs/
+    for name in ('pretrain-plain', 'pretrain-annotated', 'sft-k1', 'anchored-k2'):
+        log = (tmp_path / 'out' / 'logs' / f'{name}.log').read_text()
+        assert 'done:' in log
