@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The SFT-recipe sweep behind config/small.py's SFT settings (README: "Choosing the SFT recipe").
+# Post-trains the pretrained models of a finished study with each variant below, samples each as the
+# study does, and writes one diversity report beside the study's own base, sft and anchored arms.
+#   bash runs/sft_recipes.sh [study root, default out/small] [output root, default out/sft_recipes]
+# About 2 minutes per variant on 2 cores. Every variant starts from config/small.py; its arguments
+# override it. The variants differ only in the post-training recipe, never in the evaluation.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=${1:-out/small}
+out=${2:-out/sft_recipes}
+cfg=config/small.py
+variants=(
+  # the recipe before this sweep: no dropout, 200 iterations cut by the val-loss rule
+  "sft-nodrop:--method=sft --sft_dropout=0 --sft_lr_frac=0.1 --sft_iters=200"
+  "anchored-nodrop:--method=anchor --sft_dropout=0 --sft_lr_frac=0.1 --sft_iters=200 --replay_rows=0"
+  # dropout at the lower learning rate
+  "sft-lr0.1:--method=sft --sft_lr_frac=0.1"
+  "anchored-lr0.1:--method=anchor --sft_lr_frac=0.1"
+  # replay: none, 1 and 4 windows per batch of 16 rows (config/small.py: 2, the study's anchored arm)
+  "anchored-r0:--method=anchor --replay_rows=0"
+  "anchored-r1:--method=anchor --replay_rows=1"
+  "anchored-r4:--method=anchor --replay_rows=4"
+)
+for f in "$root/base/ckpt.pt" "$root/annotated-base/ckpt.pt" "$root/samples/sft.jsonl" "$root/samples/anchored.jsonl"; do
+  [[ -f $f ]] || { echo "error: $f not found (run bash runs/small.sh first)"; exit 2; }
+done
+mkdir -p "$out/samples"
+# the data dir the study's models were trained on (diversity.py's judge and corpus reference)
+data=$(python -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=False)['data_dir'])" \
+       "$root/base/ckpt.pt")
+samples="base=$root/samples/base.jsonl,sft=$root/samples/sft.jsonl,anchored=$root/samples/anchored.jsonl"
+anchored="anchored"
+for v in "${variants[@]}"; do
+  name=${v%%:*}
+  read -r -a args <<< "${v#*:}"
+  init=$root/annotated-base
+  [[ " ${args[*]} " == *" --method=sft "* ]] && init=$root/base
+  [[ $name == anchored* ]] && anchored="$anchored,$name"
+  if [[ ! -f $out/samples/$name.jsonl ]]; then
+    python anchor_sft.py $cfg "${args[@]}" --init_dir="$init" --out_dir="$out/$name" --progress=False
+    python sample.py $cfg --ckpt_dir="$out/$name" --out="$out/samples/$name.jsonl" --progress=False
+  fi
+  samples="$samples,$name=$out/samples/$name.jsonl"
+done
+python diversity.py $cfg --samples="$samples" --data_dir="$data" --out_dir="$out/report" --anchored_arm="$anchored"
