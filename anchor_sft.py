@@ -172,7 +172,7 @@ def make_get_batch(rows, device, sp=None, replay=None):
                 window = torch.from_numpy(replay[i:i + T + 1].astype(np.int64))
                 x[len(batch) + r], y[len(batch) + r] = window[:-1], window[1:]
             # evaluation reports the plain SFT loss (lm_loss): only training batches need the teacher's view
-            extra = distill_inputs([ids for ids, _ in batch], sp) if sp is not None and split == 'train' else ()
+            extra = distill_inputs([ids for ids, _ in batch], sp) if sp is not None and train else ()
             out.append(tuple(t.to(device) for t in (x, y, *extra)))
         return out
     return get_batch
@@ -249,6 +249,9 @@ def main():
     enc, sp = load_tokenizer(ddir, meta), meta['special_tokens']
     model_args = dict(ckpt['model_args'], dropout=sft_dropout)
     block_size = model_args['block_size']
+    # replay: the data dir's annotated pretraining stream (anchored SFT only), checked before anything
+    # is written; longer than a window of the longest row (block_size + 1), so a start can be drawn
+    replay = token_stream(ddir, 'annotated', 'train', block_size + 2) if anchored and replay_rows else None
     rng = random.Random(seed)
     rows, topics = {}, {}
     for split in ('train', 'val'):
@@ -284,8 +287,6 @@ def main():
                  annotated=ckpt.get('annotated', False))
     extra['anchor_prior'] = anchor_prior if anchored else None
     loss_fn = prior_distill_loss(teacher, distill_weight) if distill else lm_loss
-    # replay: the annotated stream the SFT's starting point was pretrained on (anchored SFT only)
-    replay = token_stream(ddir, 'annotated', 'train', block_size + 1) if anchored and replay_rows else None
     train(model, optimizer, make_get_batch(rows, env['device'], sp if distill else None, replay), cfg, env, state,
           extra, loss_fn)
     if env['ddp']:

@@ -202,6 +202,14 @@ def test_sft_refusals(tiny_data, ckpts, tmp_path):
     one_error_line(run('anchor_sft.py', f'--out_dir={tmp_path / "d"}', '--init_from=resume', '--method=anchor',
                        '--anchor_prior=distill', '--replay_rows=1', *SFT, check=False), 'trained with replay_rows=2')
     one_error_line(run('anchor_sft.py', *base, '--sft_dropout=1.0', check=False), 'sft_dropout must be')
+    # replay from a data dir without the annotated stream: refused before anything is written
+    bare = tmp_path / 'bare'
+    shutil.copytree(tiny_data, bare)
+    os.remove(bare / 'annotated_train.bin')
+    r = run('anchor_sft.py', '--method=anchor', '--replay_rows=2', f'--data_dir={bare}',
+            f'--init_dir={ckpts / "annotated"}', f'--out_dir={tmp_path / "o3"}', *SFT, check=False)
+    one_error_line(r, 'token stream not found')
+    assert not (tmp_path / 'o3' / 'sft_set.json').exists()
 
 
 def samples(path):
