@@ -1,6 +1,6 @@
 """
 Sample from any checkpoint (pretrained base, sft or anchor) into a JSONL file, one row per sample:
-{prompt_id, prompt, sample_id, annotation, text, tokens, finished}.
+{prompt_id, prompt, sample_id, annotation, text, tokens, finished} (tokens: of the text, with its stop).
 
     python sample.py --ckpt_dir=out/sft --num_samples=16
     python sample.py --ckpt_dir=out/anchored --annotation_temperature=1.0 --temperature=0.8
@@ -40,7 +40,7 @@ prompts = ''  # JSONL of {prompt_id, prompt}; '' = data_dir/eval_prompts.jsonl
 out = ''  # '' = ckpt_dir/samples.jsonl
 num_samples = 16  # per prompt
 sample_batch_size = 256  # most sequences generated at once (all prompts' samples share batches)
-max_new_tokens = 200
+max_new_tokens = 200  # of the text; an annotation sampled first has its own room on top
 temperature = 1.0  # 0 = greedy
 annotation_temperature = -1.0  # anchored: temperature of the annotation; < 0 = same as temperature
 top_k = 0  # 0 = off
@@ -83,7 +83,9 @@ def plan(mode, annotated, enc, sp, prompt):
 
 
 def split_sample(ids, mode, annotated, sp, enc, stops):
-    """Generated ids -> (annotation or None, visible text, finished). Special tokens never reach text."""
+    """Generated ids -> (annotation or None, visible text, finished, tokens of the text with its stop).
+    The text gets max_new_tokens whether or not an annotation came first: it is finished if it
+    stops within them. Special tokens never reach text."""
     ann_ids = None
     if mode == 'anchor' and no_annotation:
         ann_ids = []
@@ -94,15 +96,15 @@ def split_sample(ids, mode, annotated, sp, enc, stops):
             ann_ids, ids = pinned + ids[:cut], ids[cut + 1:]
         else:  # never closed its annotation: no response at all
             ann_ids, ids = pinned + ids, []
-    finished = False
+    ids, finished, length = ids[:max_new_tokens], False, min(len(ids), max_new_tokens)
     for i, t in enumerate(ids):
         if t in stops:
-            ids, finished = ids[:i], True
+            ids, finished, length = ids[:i], True, i + 1
             break
     special = set(sp.values())
     decode = lambda xs: enc.decode([t for t in xs if t not in special])
     ann = None if ann_ids is None else decode(ann_ids).strip()
-    return ann, decode(ids), finished
+    return ann, decode(ids), finished, length
 
 
 def load_prior(ckpt, meta, device):
@@ -184,10 +186,13 @@ def main():
     # every (prompt, sample) pair is one row; rows of all prompts are generated together, the
     # shorter prompts left-padded (model.generate's pad), sample_batch_size rows at a time
     jobs = [(r, j, p) for r, p in zip(rows, plans) for j in range(num_samples)]
-    new_tokens = min(max_new_tokens, block - max(len(p[0]) for p in plans))
-    if new_tokens < max_new_tokens:
-        print(f"max_new_tokens={max_new_tokens} does not fit block_size={block} after the longest prompt: "
-              f"every sample gets {new_tokens}")
+    # the response gets max_new_tokens in every mode: an arm that writes an annotation first gets
+    # room for it on top (twice the longest annotation of the corpus), so no arm's texts are cut sooner
+    ann_room = 2 * meta['max_annotation_tokens'] if plans[0][2] is not None else 0
+    new_tokens = min(max_new_tokens + ann_room, block - max(len(p[0]) for p in plans))
+    if new_tokens < max_new_tokens + ann_room:
+        print(f"max_new_tokens={max_new_tokens} (+{ann_room} for the annotation) does not fit block_size={block} "
+              f"after the longest prompt: every sample gets {new_tokens} in all")
     gen = torch.Generator(env['device']).manual_seed(seed)
     bar = tqdm(total=len(jobs), desc=f'sample {mode}', disable=not progress, dynamic_ncols=True)
     for start in range(0, len(jobs), sample_batch_size):
@@ -205,8 +210,7 @@ def main():
                                     vocab_limit=meta['vocab_size'], forced=forced,
                                     pad=pad if bool(pad.any()) else None)
         for (r, j, _), ids in zip(chunk, new.tolist()):
-            ann, text, finished = split_sample(ids, mode, annotated, sp, enc, stops)
-            length = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
+            ann, text, finished, length = split_sample(ids, mode, annotated, sp, enc, stops)
             n_tokens += length
             samples.append(dict(prompt_id=r['prompt_id'], prompt=r['prompt'], sample_id=j, annotation=ann,
                                 text=text, tokens=length, finished=finished))

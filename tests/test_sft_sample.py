@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL, one_error_line, run
-from formats import ANN, IGNORE, TEXT, load_meta, load_tokenizer, sft_example
+from formats import ANN, IGNORE, TEXT, encode_annotation, load_meta, load_tokenizer, sft_example
 
 SFT = ['--sft_iters=4', '--sft_eval_interval=2', '--eval_iters=1', '--sft_batch_size=4', '--progress=False',
        '--device=cpu', '--log_interval=1']
@@ -265,6 +265,30 @@ def test_sample_budget_is_the_same_for_every_row(ckpts, tmp_path):
     a = samples(tmp_path / 'a.jsonl')
     assert a == samples(tmp_path / 'b.jsonl')
     assert any(not row['finished'] for row in a)  # some rows ran into the budget
+
+
+def test_text_budget_is_the_same_with_or_without_annotation(tiny_data):
+    """split_sample: the text after a sampled annotation gets max_new_tokens of its own, like an
+    SFT response: finished if it stops within them, tokens counts the text and its stop only."""
+    import sample
+    from formats import END
+    meta = load_meta(tiny_data)
+    enc, sp = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    z = encode_annotation(enc, 'topic:Arts')[0]
+    words = enc.encode_ordinary(' a b c d e f g h i j k l')[:10]
+    assert len(words) == 10
+    stops = [sp[END]]
+    old = sample.max_new_tokens
+    try:
+        sample.max_new_tokens = 10
+        for head, mode in (([], 'sft'), (z + [sp[TEXT]], 'anchor')):
+            split = lambda ids: sample.split_sample(head + ids + [sp[END]], mode, mode == 'anchor', sp, enc, stops)
+            ann, text, fin, n = split(words[:9])
+            assert (ann, text, fin, n) == ('topic:Arts' if head else None, enc.decode(words[:9]), True, 10)
+            ann, text, fin, n = split(words)
+            assert (text, fin, n) == (enc.decode(words), False, 10)  # the stop came after the budget
+    finally:
+        sample.max_new_tokens = old
 
 
 def test_sample_refusals(ckpts, tmp_path):
