@@ -22,6 +22,8 @@ The SFT rows' own annotation values are never targets (that would pull R(z|x) to
 replay_rows > 0 adds replay: that many windows of the annotated pretraining stream (<|ann|> z <|text|>
 text, every token a target, as in pretraining) join every training micro-batch, so the SFT steps
 keep practising text that follows its annotation for every topic, not only the SFT set's (fidelity).
+replay_docs=True replays whole documents and leaves their boundaries (how a text starts after
+<|text|>, how it ends) to the SFT format, which says otherwise there (replay_window).
 
 SFT length, the same rule for every method: the loop keeps the checkpoint of the lowest SFT val loss
 as best.pt (sample.py uses it) and stops after sft_patience evaluations without a lower one.
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from common import UserError, main_guard, read_jsonl, write_json
-from formats import (BOS, IGNORE, annotation_span, load_meta, load_tokenizer, parse_annotation, sft_example,
+from formats import (ANN, BOS, IGNORE, TEXT, annotation_span, load_meta, load_tokenizer, parse_annotation, sft_example,
                      token_stream)
 from metrics import entropy_bits
 from training import (check_meta, check_training_config, lm_loss, load_checkpoint, model_from_checkpoint,
@@ -52,6 +54,7 @@ key_fraction = 0.003  # anchored: fraction of rows whose annotation keys are sup
 anchor_prior = 'mask'  # anchored: 'mask' (the paper: z is only masked) or 'distill' (+ prior distillation)
 distill_weight = 1.0  # lambda of the prior-distillation KL (per annotation position, like the LM loss per token)
 replay_rows = 0  # anchored: windows of the annotated pretraining stream added to every training micro-batch
+replay_docs = False  # replayed windows start at a document and leave its boundaries to the SFT format (below)
 sft_topics = ''  # keep only rows whose annotation value of meta's sft_key is one of these ('' = all):
 sft_max_rows = 0  # and at most this many (0 = all); together: SFT sets of chosen semantic entropy
 init_from = 'pretrained'  # 'pretrained' (from init_dir) or 'resume' (from out_dir)
@@ -145,9 +148,28 @@ def distill_inputs(seqs, sp):
     return t_in, s_pos, mask
 
 
-def make_get_batch(rows, device, sp=None, replay=None):
+def replay_window(stream, i, T, sp):
+    """Inputs and targets of one replayed window of T tokens from stream position i, every token a
+    target as in pretraining. With replay_docs the window starts at the first document start
+    (<|bos|>) within T tokens of i, so its text is seen with its annotation, and the two transitions
+    where the pretraining format and the SFT format disagree are not targets: <|text|> -> the text's
+    first token (in SFT rows: the response's opening line) and the end of a text -> <|bos|> or <|ann|>
+    (in SFT rows: <|end|>). Replay then keeps the text following its annotation without teaching
+    the model to drop the SFT format's first line or to run past <|end|>."""
+    if replay_docs:
+        j = np.flatnonzero(stream[i:i + T] == sp[BOS])
+        i = min(i + int(j[0]), len(stream) - T - 1) if len(j) else i  # near the stream's end: as drawn
+    w = torch.from_numpy(stream[i:i + T + 1].astype(np.int64))
+    x, y = w[:-1], w[1:].clone()
+    if replay_docs:
+        text_ends = (y == sp[BOS]) | ((y == sp[ANN]) & (x != sp[BOS]))
+        y[(x == sp[TEXT]) | text_ends] = IGNORE
+    return x, y
+
+
+def make_get_batch(rows, device, sp, distill=False, replay=None):
     """Random rows, right-padded to the longest in the micro-batch; padding is never a target.
-    With sp (prior distillation) every training batch also carries distill_inputs. With replay (a
+    With distill (prior distillation) every training batch also carries distill_inputs. With replay (a
     token stream), replay_rows windows of it, as long as the micro-batch, follow the SFT rows in
     every training batch, all their tokens targets (the loss is one mean over all targets)."""
     longest = max(len(ids) for ids, _ in rows['train']) + 1  # a window and its shifted targets
@@ -169,10 +191,9 @@ def make_get_batch(rows, device, sp=None, replay=None):
                 x[b, :len(ids)] = torch.tensor(ids)
                 y[b, :len(targets)] = torch.tensor(targets)
             for r, i in enumerate(starts[m].tolist() if n_rep else ()):
-                window = torch.from_numpy(replay[i:i + T + 1].astype(np.int64))
-                x[len(batch) + r], y[len(batch) + r] = window[:-1], window[1:]
+                x[len(batch) + r], y[len(batch) + r] = replay_window(replay, i, T, sp)
             # evaluation reports the plain SFT loss (lm_loss): only training batches need the teacher's view
-            extra = distill_inputs([ids for ids, _ in batch], sp) if sp is not None and train else ()
+            extra = distill_inputs([ids for ids, _ in batch], sp) if distill and train else ()
             out.append(tuple(t.to(device) for t in (x, y, *extra)))
         return out
     return get_batch
@@ -231,9 +252,10 @@ def main():
         if ckpt.get('anchor_prior') != (anchor_prior if method == 'anchor' else None):
             raise UserError(f"{out_dir}/ckpt.pt was trained with anchor_prior={ckpt.get('anchor_prior')}, "
                             f"not {anchor_prior}")
-        if method == 'anchor' and ckpt['config'].get('replay_rows', 0) != replay_rows:
-            raise UserError(f"{out_dir}/ckpt.pt was trained with replay_rows={ckpt['config'].get('replay_rows', 0)}, "
-                            f"not {replay_rows}")
+        for key, default in (('replay_rows', 0), ('replay_docs', False)) if method == 'anchor' else ():
+            if ckpt['config'].get(key, default) != config[key]:
+                raise UserError(f"{out_dir}/ckpt.pt was trained with {key}={ckpt['config'].get(key, default)}, "
+                                f"not {config[key]}")
     else:
         ckpt = load_checkpoint(os.path.join(init_dir, 'ckpt.pt'))
         if ckpt.get('stage') != 'pretrain':
@@ -287,7 +309,7 @@ def main():
                  annotated=ckpt.get('annotated', False))
     extra['anchor_prior'] = anchor_prior if anchored else None
     loss_fn = prior_distill_loss(teacher, distill_weight) if distill else lm_loss
-    train(model, optimizer, make_get_batch(rows, env['device'], sp if distill else None, replay), cfg, env, state,
+    train(model, optimizer, make_get_batch(rows, env['device'], sp, distill, replay), cfg, env, state,
           extra, loss_fn)
     if env['ddp']:
         torch.distributed.destroy_process_group()

@@ -63,13 +63,16 @@ sft_dropout = 0.1
 # model this small; 10% (~40 rows) holds the format. Values stay masked.
 key_fraction = 0.1
 # keeping R(z) and the text's fidelity to it through post-training (DESIGN.md 1.8): prior
-# distillation toward the annotated pretrained model, and 2 windows of the annotated pretraining
-# stream replayed in every batch of 16 SFT rows (without replay the responses follow their sampled
-# topic in 27% of samples, with it 48%; more replay costs the SFT format: README). study.py also
+# distillation toward the annotated pretrained model, and 4 annotated pretraining documents replayed
+# in every batch of 16 SFT rows (without replay the responses follow their sampled topic in 27% of
+# samples, with it 54%). Replayed as whole documents whose boundaries are left to the SFT format
+# (replay_docs): replaying raw stream windows taught the text to start and end like a document and
+# cost the SFT format one for one with the fidelity it bought (README: the SFT sweep). study.py also
 # runs the paper's plain masking as the arm anchored-mask.
 anchor_prior = 'distill'
 distill_weight = 1.0
-replay_rows = 2
+replay_rows = 4
+replay_docs = True
 
 # study.py: samples per eval prompt and their length (two sentences fit with room to spare); training
 # stages that do not depend on each other run 2 at a time (the two pretrainings, the four SFTs), each

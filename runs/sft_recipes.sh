@@ -11,16 +11,19 @@ root=${1:-out/small}
 out=${2:-out/sft_recipes}
 cfg=config/small.py
 variants=(
-  # the recipe before this sweep: no dropout, 200 iterations cut by the val-loss rule
+  # the recipe before this sweep: no dropout, 200 iterations cut by the val-loss rule, no replay
   "sft-nodrop:--method=sft --sft_dropout=0 --sft_lr_frac=0.1 --sft_iters=200"
   "anchored-nodrop:--method=anchor --sft_dropout=0 --sft_lr_frac=0.1 --sft_iters=200 --replay_rows=0"
   # dropout at the lower learning rate
   "sft-lr0.1:--method=sft --sft_lr_frac=0.1"
   "anchored-lr0.1:--method=anchor --sft_lr_frac=0.1"
-  # replay: none, 1 and 4 windows per batch of 16 rows (config/small.py: 2, the study's anchored arm)
+  # replay of whole documents: none, 1 and 2 per batch of 16 rows (config/small.py: 4)
   "anchored-r0:--method=anchor --replay_rows=0"
-  "anchored-r1:--method=anchor --replay_rows=1"
-  "anchored-r4:--method=anchor --replay_rows=4"
+  "anchored-docs-r1:--method=anchor --replay_rows=1"
+  "anchored-docs-r2:--method=anchor --replay_rows=2"
+  # replay of raw stream windows, document boundaries included (the previous recipe: 2)
+  "anchored-stream-r2:--method=anchor --replay_rows=2 --replay_docs=False"
+  "anchored-stream-r4:--method=anchor --replay_rows=4 --replay_docs=False"
 )
 for f in "$root/base/ckpt.pt" "$root/annotated-base/ckpt.pt" "$root/samples/sft.jsonl" "$root/samples/anchored.jsonl"; do
   [[ -f $f ]] || { echo "error: $f not found (run bash runs/small.sh first)"; exit 2; }

@@ -24,9 +24,9 @@ def ckpts(tiny_data, tmp_path_factory):
     r = run('anchor_sft.py', '--method=sft', f'--init_dir={root / "base"}', f'--out_dir={root / "sft"}', *SFT)
     assert 'done: 4 iters' in r.stdout
     run('anchor_sft.py', '--method=anchor', f'--init_dir={root / "annotated"}', f'--out_dir={root / "anchor"}', *SFT)
-    # the config/small.py recipe: prior distillation, replay of the annotated stream, SFT dropout
-    run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', '--replay_rows=2', '--sft_dropout=0.1',
-        f'--init_dir={root / "annotated"}', f'--out_dir={root / "distill"}', *SFT)
+    # the config/small.py recipe: prior distillation, replay of annotated documents, SFT dropout
+    run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', '--replay_rows=2', '--replay_docs=True',
+        '--sft_dropout=0.1', f'--init_dir={root / "annotated"}', f'--out_dir={root / "distill"}', *SFT)
     return root
 
 
@@ -43,7 +43,7 @@ def test_anchored_batch_supervises_exactly_response_and_key_rows(tiny_data):
     rows = [sft_example(enc, sp, prompt, resp, z, key_row=k) for k in (False, True)]
     rows.append(sft_example(enc, sp, 'Hi.', 'Ok.'))  # shorter standard row: gets padded
     anchor_sft.sft_batch_size = 3
-    get_batch = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu')
+    get_batch = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu', sp)
     x, y = get_batch('train', torch.Generator().manual_seed(0), [0])[0]
     assert x.shape == (3, len(ids))
     n_prefix = 2 + len(p_ids) + 1  # <|bos|> <|user|> x <|assistant|>
@@ -125,8 +125,8 @@ def test_replay_rows_and_their_loss(tiny_data):
     stream = np.arange(1000, dtype=np.uint16) % 97 + 5
     anchor_sft.sft_batch_size, anchor_sft.replay_rows = 3, 2
     try:
-        plain = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu', sp)
-        mixed = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu', sp, stream)
+        plain = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu', sp, True)
+        mixed = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu', sp, True, stream)
         x0, y0, *d0 = plain('train', torch.Generator().manual_seed(3), [0])[0]
         x, y, *d = mixed('train', torch.Generator().manual_seed(3), [0])[0]
         assert x.shape == (5, x0.size(1)) and torch.equal(x[:3], x0) and torch.equal(y[:3], y0)
@@ -149,6 +149,33 @@ def test_replay_rows_and_their_loss(tiny_data):
         assert loss.item() == pytest.approx(model(x, y)[1].item(), abs=1e-5)
     finally:
         anchor_sft.sft_batch_size, anchor_sft.replay_rows = 16, 0
+
+
+def test_replay_docs_window(tiny_data):
+    """replay_docs: a window starts at the next document start, so its text comes with its
+    annotation, and exactly the targets where pretraining and the SFT format disagree are masked:
+    the token after <|text|> (the SFT response's opening line) and the end of a text (<|bos|> or the
+    <|ann|> of a next chunk; the SFT format ends with <|end|>). The annotation after <|bos|><|ann|>
+    stays a target. Without replay_docs the window is the stream as drawn, every token a target."""
+    import numpy as np
+    import anchor_sft
+    from formats import BOS
+    sp = load_meta(tiny_data)['special_tokens']
+    bos, ann, txt = sp[BOS], sp[ANN], sp[TEXT]
+    # two documents: one chunk (z 11 12, text 21 22 23), then two chunks (z 13, text 24 25; z 14, text 26)
+    doc = [bos, ann, 11, 12, txt, 21, 22, 23, bos, ann, 13, txt, 24, 25, ann, 14, txt, 26]
+    stream = np.array(doc * 4, dtype=np.uint16)
+    try:
+        anchor_sft.replay_docs = True
+        x, y = anchor_sft.replay_window(stream, 2, 18, sp)  # drawn inside the first document
+        assert x.tolist() == doc[8:] + doc[:8]  # moved to the next <|bos|>
+        assert y.tolist() == [ann, 13, txt, IGNORE, 25, IGNORE, 14, txt, IGNORE, IGNORE,
+                              ann, 11, 12, txt, IGNORE, 22, 23, IGNORE]
+        anchor_sft.replay_docs = False
+        x, y = anchor_sft.replay_window(stream, 2, 18, sp)
+        assert x.tolist() == (doc * 2)[2:20] and y.tolist() == (doc * 2)[3:21]
+    finally:
+        anchor_sft.replay_docs = False
 
 
 def test_sft_outputs(ckpts):
@@ -201,6 +228,8 @@ def test_sft_refusals(tiny_data, ckpts, tmp_path):
     shutil.copytree(ckpts / 'distill', tmp_path / 'd')
     one_error_line(run('anchor_sft.py', f'--out_dir={tmp_path / "d"}', '--init_from=resume', '--method=anchor',
                        '--anchor_prior=distill', '--replay_rows=1', *SFT, check=False), 'trained with replay_rows=2')
+    one_error_line(run('anchor_sft.py', f'--out_dir={tmp_path / "d"}', '--init_from=resume', '--method=anchor',
+                       '--anchor_prior=distill', '--replay_rows=2', *SFT, check=False), 'trained with replay_docs=True')
     one_error_line(run('anchor_sft.py', *base, '--sft_dropout=1.0', check=False), 'sft_dropout must be')
     # replay from a data dir without the annotated stream: refused before anything is written
     bare = tmp_path / 'bare'

@@ -35,6 +35,7 @@ device = 'cpu'
 bootstrap = 50
 anchor_prior = 'distill'
 replay_rows = 2
+replay_docs = True
 sft_dropout = 0.1
 """
 # study.py's own keys can live in the same config file as every stage's
