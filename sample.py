@@ -54,6 +54,7 @@ device = 'auto'
 dtype = 'auto'
 use_cache = True  # False: re-run the whole context per token (slow; for checks)
 progress = True
+threads = 0  # torch CPU threads (0: torch's default); the samples do not depend on it
 from configurator import configure  # noqa: E402
 config = configure(globals())
 # -----------------------------------------------------------------------------
@@ -154,6 +155,8 @@ def main():
     if not 0 < top_p <= 1:
         raise UserError(f"top_p must be in (0, 1], got {top_p}")
     check_device(device)
+    if threads:
+        torch.set_num_threads(threads)
     out_path = out or os.path.join(ckpt_dir, 'samples.jsonl')
     env = setup_device(device)
     ckpt = load_checkpoint(model_path(ckpt_dir), env['device'])

@@ -75,8 +75,9 @@ replay_rows = 4
 replay_docs = True
 
 # study.py: samples per eval prompt and their length (two sentences fit with room to spare); training
-# stages that do not depend on each other run 2 at a time (the two pretrainings, the four SFTs), each
-# with half the cores: a 1.3M model keeps 1 thread busier than 2 (2 cores: ~20% less wall time)
+# and sampling stages that do not depend on each other run 2 at a time (the two pretrainings, the
+# four SFTs, the arms' sampling), each with half the cores: a 1.3M model keeps 1 thread busier than 2
+# (2 cores: ~20% less wall time)
 jobs = 2
 num_samples = 32
 max_new_tokens = 128

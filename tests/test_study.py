@@ -101,7 +101,8 @@ def test_sft_entropy_sweep(tmp_path):
     meta = json.load(open(tmp_path / 'data' / 'tiny-sweep' / 'meta.json'))
     assert len(meta['sft_values']) == 2  # sweep_topics '': the two most common topics (top:2)
     assert set(sets[2]['counts']) == set(meta['sft_values']) and set(sets[1]['counts']) == {meta['sft_values'][0]}
-    # jobs=2: the training stages ran in pairs, 1 thread each, their output in logs/
+    # jobs=2: the training and sampling stages ran in pairs, 1 thread each, their output in logs/
     for name in ('pretrain-plain', 'pretrain-annotated', 'sft-k1', 'anchored-k2'):
         log = (tmp_path / 'out' / 'logs' / f'{name}.log').read_text()
         assert 'done:' in log
+    assert 'samples (anchor)' in (tmp_path / 'out' / 'logs' / 'sample-anchored-k1.log').read_text()
