@@ -62,6 +62,7 @@ sft_iters = 300
 sft_batch_size = 16
 # the optimizer of the pretraining run (muon or adamw), at this fraction of its learning rates
 sft_lr_frac = 0.1
+anchor_lr_frac = -1.0  # anchored SFT's own fraction (< 0: sft_lr_frac): its steps also carry replay and distillation
 sft_warmup_iters = 20
 sft_warmdown_frac = 0.5  # then constant, then a linear warmdown over this last fraction ...
 sft_final_lr_frac = 0.0  # ... to this fraction
@@ -283,8 +284,9 @@ def main():
     ckpt['model_args'] = model_args
     model = model_from_checkpoint(ckpt, env['device'])
     pre = ckpt['config'] if init_from == 'pretrained' else ckpt['pretrain_config']
-    optimizer = model.configure_optimizers(pre['optimizer'], sft_lr_frac * pre['learning_rate'],
-                                           sft_lr_frac * pre['matrix_lr'], weight_decay, (beta1, beta2),
+    lr_frac = anchor_lr_frac if anchored and anchor_lr_frac >= 0 else sft_lr_frac
+    optimizer = model.configure_optimizers(pre['optimizer'], lr_frac * pre['learning_rate'],
+                                           lr_frac * pre['matrix_lr'], weight_decay, (beta1, beta2),
                                            env['device_type'])
     state = resume_state(None)
     if init_from == 'resume':

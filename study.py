@@ -163,7 +163,8 @@ def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=()
                          f'--sft_max_rows={sweep_rows}') for method, run, k in runs], threaded=True)
         return sample_all([sample('base', 'base'), sample('annotated-base', 'annotated-base')]
                           + [sample(r, r) for _, r, _ in runs])
-    paper = ['--anchor_prior=mask', '--replay_rows=0']  # the paper's recipe as it is: z masked, nothing more
+    # the paper's recipe as it is: z masked, nothing more (SFT's own learning rate)
+    paper = ['--anchor_prior=mask', '--replay_rows=0', '--anchor_lr_frac=-1']
     posts = [post('sft', 'sft', 'base'), post('anchored', 'anchor', 'annotated-base'),
              post('anchored-mask', 'anchor', 'annotated-base', *paper)]
     if full:  # ablation: the prior must come from pretraining (a plain model has none to distill)

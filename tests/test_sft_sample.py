@@ -24,9 +24,10 @@ def ckpts(tiny_data, tmp_path_factory):
     r = run('anchor_sft.py', '--method=sft', f'--init_dir={root / "base"}', f'--out_dir={root / "sft"}', *SFT)
     assert 'done: 4 iters' in r.stdout
     run('anchor_sft.py', '--method=anchor', f'--init_dir={root / "annotated"}', f'--out_dir={root / "anchor"}', *SFT)
-    # the config/small.py recipe: prior distillation, replay of annotated documents, SFT dropout
+    # the config/small.py recipe: prior distillation, replay of annotated documents, SFT dropout, own lr
     run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', '--replay_rows=2', '--replay_docs=True',
-        '--sft_dropout=0.1', f'--init_dir={root / "annotated"}', f'--out_dir={root / "distill"}', *SFT)
+        '--sft_dropout=0.1', '--anchor_lr_frac=0.3', f'--init_dir={root / "annotated"}',
+        f'--out_dir={root / "distill"}', *SFT)
     return root
 
 
@@ -191,6 +192,11 @@ def test_sft_outputs(ckpts):
         assert len(evals) == 2 and (best['best_val_loss'], best['iter_num']) == min(evals)
     d = torch.load(ckpts / 'distill' / 'ckpt.pt', weights_only=False)
     assert d['anchor_prior'] == 'distill' and ck['anchor_prior'] == 'mask'
+    # the learning rates: sft_lr_frac (0.1 by default) of the pretraining's, anchor_lr_frac where given
+    pre = torch.load(ckpts / 'annotated' / 'ckpt.pt', weights_only=False)['config']
+    for c, frac in ((ck, 0.1), (d, 0.3)):
+        lrs = sorted({g['base_lr'] for o in c['optimizer'] for g in o['param_groups']})  # AdamW and Muon
+        assert lrs == pytest.approx(sorted(frac * pre[k] for k in ('learning_rate', 'matrix_lr')))
     # distillation needs an annotated prior to keep: a plain pretrained model has none
     r = run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', f'--init_dir={ckpts / "base"}',
             f'--out_dir={ckpts / "nope"}', *SFT, check=False)
