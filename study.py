@@ -86,45 +86,57 @@ class Stages:
         self.run_all([(name, script, args, outputs, deps)])
 
     def run_all(self, stages, threaded=False):
-        """Stages (name, script, args, outputs, deps) that do not depend on each other, `jobs` at a
-        time. threaded: the scripts take --threads; with jobs > 1 each gets cores // jobs threads,
-        and the output of stages that run side by side goes to out_root/logs/<name>.log."""
-        todo = []
+        """Stages (name, script, args, outputs, deps), in an order where a stage follows those it
+        depends on. Each starts as soon as its deps among them have finished, `jobs` at a time, the
+        first ready one first. threaded: the scripts take --threads; with jobs > 1 each gets
+        cores // jobs threads and its output goes to out_root/logs/<name>.log."""
+        todo, new = [], {}
         for name, script, args, outputs, deps in stages:
             cmd = [sys.executable, script, config_file] + [str(a) for a in args]
+            log = None
             if threaded and jobs > 1:  # (their output goes to a log: no progress bars)
                 cmd += [f'--threads={max(1, (os.cpu_count() or 1) // jobs)}', '--progress=False']
-            stamp = sha(json.dumps(cmd[1:]), self.cfg_hash, file_hash(script), *(self.stamps.get(d, '') for d in deps))
-            if self.stamps.get(name) == stamp and all(os.path.exists(o) for o in outputs):
+                log = os.path.join(out_root, 'logs', f'{name}.log')
+            new[name] = sha(json.dumps(cmd[1:]), self.cfg_hash, file_hash(script),
+                            *(new.get(d, self.stamps.get(d, '')) for d in deps))
+            if self.stamps.get(name) == new[name] and all(os.path.exists(o) for o in outputs):
                 print(f"[{name}] up to date, skipped")
-            else:
-                todo.append((name, cmd, stamp))
-        for i in range(0, len(todo), jobs):
-            batch, procs = todo[i:i + jobs], []
-            for name, cmd, _ in batch:
-                log = os.path.join(out_root, 'logs', f'{name}.log') if len(batch) > 1 else None
+            else:  # it waits for the deps that run in this call
+                todo.append((name, cmd, log, [d for d in deps if d in {t[0] for t in todo}]))
+        waiting, running, done, failed = list(todo), {}, set(), []
+        while waiting or running:
+            ready = [t for t in waiting if all(d in done for d in t[3])]
+            while ready and len(running) < jobs and not failed:
+                name, cmd, log, _ = t = ready.pop(0)
+                waiting.remove(t)
                 print(f"[{name}] {' '.join(cmd[1:])}" + (f"  (log: {log})" if log else ''), flush=True)
                 if log:
                     os.makedirs(os.path.dirname(log), exist_ok=True)
                 out = open(log, 'w') if log else None
-                procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None), out,
-                              log, time.time()))
-            failed = []
-            for (name, cmd, stamp), (proc, out, log, t0) in zip(batch, procs):
-                rc = proc.wait()
+                running[name] = (subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None),
+                                 out, cmd, log, time.time())
+            if failed and not running:
+                break
+            finished = [n for n, r in running.items() if r[0].poll() is not None]
+            if not finished:
+                time.sleep(0.2)
+                continue
+            for name in finished:
+                proc, out, cmd, log, t0 = running.pop(name)
                 if out:
                     out.close()
-                if rc != 0:
-                    failed.append(f"stage '{name}' failed (exit {rc}): {' '.join(cmd[1:])}"
+                if proc.returncode != 0:
+                    failed.append(f"stage '{name}' failed (exit {proc.returncode}): {' '.join(cmd[1:])}"
                                   + (f" (log: {log})" if log else ''))
                     continue
+                done.add(name)
                 self.times[name] = round(time.time() - t0, 1)
-                self.stamps[name] = stamp
+                self.stamps[name] = new[name]
+                write_json(self.path, self.stamps)  # after every stage: an interrupted study resumes here
                 if log:
-                    print(f"[{name}] done in {self.times[name]:.0f}s")
-            write_json(self.path, self.stamps)  # after every batch: an interrupted study resumes here
-            if failed:
-                raise UserError('; '.join(failed))
+                    print(f"[{name}] done in {self.times[name]:.0f}s", flush=True)
+        if failed:
+            raise UserError('; '.join(failed))
 
 
 def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=(), topics=()):
@@ -134,11 +146,11 @@ def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=()
     names (scaling sizes)."""
     o = lambda *p: os.path.join(root, *p)
     d = f'--data_dir={data_dir}'
-    st.run_all([(f'{tag}pretrain-plain', 'pretrain.py', [d, f'--out_dir={o("base")}', *pretrain_args],
-                 [o('base', 'ckpt.pt')], ['annotate']),
-                (f'{tag}pretrain-annotated', 'pretrain.py',
-                 [d, '--annotated=True', f'--out_dir={o("annotated-base")}', *pretrain_args],
-                 [o('annotated-base', 'ckpt.pt')], ['annotate'])], threaded=True)
+    stages = [(f'{tag}pretrain-plain', 'pretrain.py', [d, f'--out_dir={o("base")}', *pretrain_args],
+               [o('base', 'ckpt.pt')], ['annotate']),
+              (f'{tag}pretrain-annotated', 'pretrain.py',
+               [d, '--annotated=True', f'--out_dir={o("annotated-base")}', *pretrain_args],
+               [o('annotated-base', 'ckpt.pt')], ['annotate'])]
     init = {'sft': 'base', 'anchor': 'annotated-base'}
     stage = lambda run: {'base': f'{tag}pretrain-plain', 'annotated-base': f'{tag}pretrain-annotated'}.get(
         run, f'{tag}{run}')  # the stage that writes the checkpoint of a run
@@ -153,33 +165,32 @@ def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=()
                 f'--max_new_tokens={max_new_tokens}', f'--temperature={temp}', *args]
         return f'{tag}sample-{arm}', 'sample.py', args, [path], [stage(run)]
 
-    def sample_all(stages):  # independent too: `jobs` at a time (2 cores: 16 s instead of 20 for two arms)
-        st.run_all(stages, threaded=True)
-        return [(name[len(f'{tag}sample-'):], outputs[0]) for name, _, _, outputs, _ in stages]
-
     if ks:  # SFT sets of k topics, equal size: only their semantic entropy differs
         runs = [(method, f'{name}-k{k}', k) for k in ks for method, name in (('sft', 'sft'), ('anchor', 'anchored'))]
-        st.run_all([post(run, method, init[method], f'--sft_topics={",".join(topics[:k])}',
-                         f'--sft_max_rows={sweep_rows}') for method, run, k in runs], threaded=True)
-        return sample_all([sample('base', 'base'), sample('annotated-base', 'annotated-base')]
-                          + [sample(r, r) for _, r, _ in runs])
-    # the paper's recipe as it is: z masked, nothing more (SFT's own learning rate)
-    paper = ['--anchor_prior=mask', '--replay_rows=0', '--anchor_lr_frac=-1']
-    posts = [post('sft', 'sft', 'base'), post('anchored', 'anchor', 'annotated-base'),
-             post('anchored-mask', 'anchor', 'annotated-base', *paper)]
-    if full:  # ablation: the prior must come from pretraining (a plain model has none to distill)
-        posts.append(post('anchored-plain', 'anchor', 'base', *paper))
-    st.run_all(posts, threaded=True)
-    arms = [sample('base', 'base')] + ([sample('annotated-base', 'annotated-base')] if full else [])
-    arms += [sample('sft', 'sft'), sample('anchored', 'anchored'), sample('anchored-mask', 'anchored-mask')]
-    if full:
-        arms += [sample('anchored-plain', 'anchored-plain'),
-                 sample('anchored-noann', 'anchored', temperature, '--no_annotation=True'),
-                 # the annotation from the pretrained prior R(z) itself: the paper's goal distribution
-                 sample('anchored-prior', 'anchored', temperature, f'--annotation_from={o("annotated-base")}')]
-        for t in numbers('temperatures', temperatures, float):
-            arms += [sample(f'sft@t{t:g}', 'sft', t), sample(f'anchored@t{t:g}', 'anchored', t)]
-    return sample_all(arms)
+        stages += [post(run, method, init[method], f'--sft_topics={",".join(topics[:k])}',
+                        f'--sft_max_rows={sweep_rows}') for method, run, k in runs]
+        samples = [sample('base', 'base'), sample('annotated-base', 'annotated-base')]
+        samples += [sample(r, r) for _, r, _ in runs]
+    else:
+        # the paper's recipe as it is: z masked, nothing more (SFT's own learning rate)
+        paper = ['--anchor_prior=mask', '--replay_rows=0', '--anchor_lr_frac=-1']
+        stages += [post('sft', 'sft', 'base'), post('anchored', 'anchor', 'annotated-base'),
+                   post('anchored-mask', 'anchor', 'annotated-base', *paper)]
+        if full:  # ablation: the prior must come from pretraining (a plain model has none to distill)
+            stages.append(post('anchored-plain', 'anchor', 'base', *paper))
+        samples = [sample('base', 'base')] + ([sample('annotated-base', 'annotated-base')] if full else [])
+        samples += [sample('sft', 'sft'), sample('anchored', 'anchored'), sample('anchored-mask', 'anchored-mask')]
+        if full:
+            samples += [sample('anchored-plain', 'anchored-plain'),
+                        sample('anchored-noann', 'anchored', temperature, '--no_annotation=True'),
+                        # the annotation from the pretrained prior R(z) itself: the paper's goal distribution
+                        sample('anchored-prior', 'anchored', temperature, f'--annotation_from={o("annotated-base")}')]
+            for t in numbers('temperatures', temperatures, float):
+                samples += [sample(f'sft@t{t:g}', 'sft', t), sample(f'anchored@t{t:g}', 'anchored', t)]
+    # training and sampling stages as one graph: each starts when its checkpoint is written, so an
+    # arm is sampled while the other SFTs still train
+    st.run_all(stages + samples, threaded=True)
+    return [(name[len(f'{tag}sample-'):], outputs[0]) for name, _, _, outputs, _ in samples]
 
 
 def report(st, tag, arms, data_dir, report_dir, *args):

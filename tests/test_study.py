@@ -1,6 +1,7 @@
 """The whole pipeline end to end on a tiny corpus: study.py runs every stage and arm, writes the
 report with every metric and the headline, and a re-run skips everything."""
 import json
+import os
 
 from conftest import make_corpus, run
 
@@ -106,3 +107,38 @@ def test_sft_entropy_sweep(tmp_path):
         log = (tmp_path / 'out' / 'logs' / f'{name}.log').read_text()
         assert 'done:' in log
     assert 'samples (anchor)' in (tmp_path / 'out' / 'logs' / 'sample-anchored-k1.log').read_text()
+
+
+STAGE = """import sys, time
+name, seconds, trace = sys.argv[2], float(sys.argv[3]), sys.argv[4]
+open(trace, 'a').write(f'start {name}\\n')
+time.sleep(seconds)
+open(trace, 'a').write(f'end {name}\\n')
+sys.exit(1 if name == 'bad' else 0)
+"""
+
+
+def test_stages_start_as_soon_as_their_deps_finish(tmp_path, monkeypatch):
+    """study.Stages.run_all with jobs=2: a stage starts when the stages it depends on have finished,
+    not when a whole batch has, so it runs beside a long independent one; a failed stage's dependents
+    never start, and the error names it."""
+    import pytest
+    import study
+    from common import UserError
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # SHARED is read from here
+    cfg, script, trace = tmp_path / 'c.py', tmp_path / 'stage.py', tmp_path / 'trace.txt'
+    cfg.write_text('')
+    script.write_text(STAGE)
+    for key, value in (('config_file', str(cfg)), ('out_root', str(tmp_path / 'out')), ('jobs', 2)):
+        monkeypatch.setattr(study, key, value)
+    stage = lambda name, seconds, deps=(): (name, str(script), [name, seconds, trace], [], list(deps))
+    st = study.Stages()
+    st.run_all([stage('long', 1.5), stage('short', 0.1), stage('after', 0.1, ['short'])], threaded=True)
+    events = trace.read_text().split('\n')[:-1]
+    at = events.index
+    assert at('end short') < at('start after') < at('end after') < at('end long')  # beside 'long'
+    assert (tmp_path / 'out' / 'logs' / 'after.log').exists() and set(st.stamps) == {'long', 'short', 'after'}
+    trace.write_text('')
+    with pytest.raises(UserError, match="stage 'bad' failed"):
+        st.run_all([stage('bad', 0.1), stage('next', 0.1, ['bad'])], threaded=True)
+    assert 'start next' not in trace.read_text() and 'bad' not in st.stamps
