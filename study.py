@@ -102,7 +102,7 @@ class Stages:
             if self.stamps.get(name) == new[name] and all(os.path.exists(o) for o in outputs):
                 print(f"[{name}] up to date, skipped")
             else:  # it waits for the deps that run in this call
-                todo.append((name, cmd, log, [d for d in deps if d in {t[0] for t in todo}]))
+                todo.append((name, cmd, log, [d for d in deps if any(t[0] == d for t in todo)]))
         waiting, running, done, failed = list(todo), {}, set(), []
         while waiting or running:
             ready = [t for t in waiting if all(d in done for d in t[3])]
@@ -159,10 +159,10 @@ def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=()
         return (f'{tag}{run}', 'anchor_sft.py', [d, f'--method={method}', f'--init_dir={o(init_run)}',
                                                  f'--out_dir={o(run)}', *args], [o(run, 'ckpt.pt')], [stage(init_run)])
 
-    def sample(arm, run, temp=temperature, *args):
+    def sample(arm, run, temp=temperature, *extra):
         path = o('samples', f'{arm}.jsonl')
         args = [f'--ckpt_dir={o(run)}', f'--out={path}', f'--num_samples={num_samples}',
-                f'--max_new_tokens={max_new_tokens}', f'--temperature={temp}', *args]
+                f'--max_new_tokens={max_new_tokens}', f'--temperature={temp}', *extra]
         return f'{tag}sample-{arm}', 'sample.py', args, [path], [stage(run)]
 
     if ks:  # SFT sets of k topics, equal size: only their semantic entropy differs
