@@ -150,7 +150,7 @@ def load_prompts(path):
 
 def main():
     check_config(config, positive=('num_samples', 'sample_batch_size', 'max_new_tokens'),
-                 nonneg=('temperature', 'top_k'),
+                 nonneg=('temperature', 'top_k', 'threads'),
                  choices=dict(dtype=DTYPES))
     if not 0 < top_p <= 1:
         raise UserError(f"top_p must be in (0, 1], got {top_p}")

@@ -327,6 +327,7 @@ def test_text_budget_is_the_same_with_or_without_annotation(tiny_data):
 
 
 def test_sample_refusals(ckpts, tmp_path):
+    one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "sft"}', '--threads=-1', check=False), 'threads')
     one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "sft"}', '--no_annotation=True', check=False),
                    'need an anchor checkpoint')
     one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "base"}', '--annotation=topic:Arts', check=False),
