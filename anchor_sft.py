@@ -19,18 +19,24 @@ adds prior distillation: lambda * KL(R_pre(. | z_<t) || R_theta(. | x, z_<t)) at
 positions t, where R_pre is the frozen annotated-pretrained model (the SFT's starting point) reading
 the same annotation after <|bos|><|ann|>, i.e. exactly the pretraining prior the paper wants kept.
 The SFT rows' own annotation values are never targets (that would pull R(z|x) to the narrow slice).
-replay_rows > 0 adds replay: that many windows of the annotated pretraining stream (<|ann|> z <|text|>
-text, every token a target, as in pretraining) join every training micro-batch, so the SFT steps
-keep practising text that follows its annotation for every topic, not only the SFT set's (fidelity).
-replay_docs=True replays whole documents and leaves their boundaries (how a text starts after
-<|text|>, how it ends) to the SFT format, which says otherwise there (replay_window).
+replay_rows > 0 adds replay: that many windows of the pretraining stream the model was trained on
+(annotated for method='anchor': <|ann|> z <|text|> text; plain for method='sft') join every training
+micro-batch, every token a target as in pretraining, so the SFT steps keep practising the documents of
+every topic, not only the SFT set's (for the anchored arm: text that follows its annotation, i.e.
+fidelity). replay_docs=True replays whole documents and leaves their boundaries (how a text starts,
+how it ends) to the SFT format, which says otherwise there (replay_window). Standard SFT with the same
+replay is the fair control of the anchored arm: whatever it gets besides the annotation, so does the
+control. An arm that replays trains at replay_lr_frac: its steps also carry the replayed documents.
 
-SFT length, the same rule for every method: the loop keeps the checkpoint of the lowest SFT val loss
-as best.pt (sample.py uses it) and stops after sft_patience evaluations without a lower one.
+SFT length, the same rule for every method: with sft_patience = 0 (the default) SFT runs sft_iters
+and the final checkpoint is the model; with sft_patience > 0 the checkpoint of the lowest SFT val loss
+is kept as best.pt (sample.py uses it) and SFT stops after sft_patience evaluations without a val loss
+lower by more than sft_min_delta. The val loss is over the whole SFT val set, the same rows every time.
 """
 import os
 import random
 from collections import Counter
+from functools import partial
 
 import numpy as np
 import torch
@@ -40,8 +46,8 @@ from common import UserError, main_guard, read_jsonl, write_json
 from formats import (ANN, BOS, IGNORE, TEXT, annotation_span, load_meta, load_tokenizer, parse_annotation, sft_example,
                      token_stream)
 from metrics import entropy_bits
-from training import (check_meta, check_training_config, lm_loss, load_checkpoint, model_from_checkpoint,
-                      resume_state, setup_device, train)
+from training import (check_meta, check_training_config, lm_loss, load_checkpoint, lr_multiplier, model_from_checkpoint,
+                      peak_flops, resume_state, setup_device, train)
 
 # -----------------------------------------------------------------------------
 # default config; keys shared with pretrain.py in one config file keep their meaning
@@ -53,8 +59,9 @@ method = 'sft'  # 'sft' (standard) or 'anchor' (annotation-anchored)
 key_fraction = 0.003  # anchored: fraction of rows whose annotation keys are supervised (paper: 0.3%)
 anchor_prior = 'mask'  # anchored: 'mask' (the paper: z is only masked) or 'distill' (+ prior distillation)
 distill_weight = 1.0  # lambda of the prior-distillation KL (per annotation position, like the LM loss per token)
-replay_rows = 0  # anchored: windows of the annotated pretraining stream added to every training micro-batch
+replay_rows = 0  # windows of the pretraining stream (annotated or plain, by method) added to every training micro-batch
 replay_docs = False  # replayed windows start at a document and leave its boundaries to the SFT format (below)
+replay_lr_frac = -1.0  # the learning-rate fraction of an arm that replays (< 0: sft_lr_frac)
 sft_topics = ''  # keep only rows whose annotation value of meta's sft_key is one of these ('' = all):
 sft_max_rows = 0  # and at most this many (0 = all); together: SFT sets of chosen semantic entropy
 init_from = 'pretrained'  # 'pretrained' (from init_dir) or 'resume' (from out_dir)
@@ -62,14 +69,13 @@ sft_iters = 300
 sft_batch_size = 16
 # the optimizer of the pretraining run (muon or adamw), at this fraction of its learning rates
 sft_lr_frac = 0.1
-anchor_lr_frac = -1.0  # anchored SFT's own fraction (< 0: sft_lr_frac): its steps also carry replay and distillation
 sft_warmup_iters = 20
 sft_warmdown_frac = 0.5  # then constant, then a linear warmdown over this last fraction ...
 sft_final_lr_frac = 0.0  # ... to this fraction
-sft_eval_interval = 100
-sft_patience = 2  # stop after this many evaluations without a lower SFT val loss (0 = run all sft_iters)
+sft_eval_interval = 100  # SFT val loss over the whole SFT val set every this many iterations
+sft_patience = 0  # 0: run all sft_iters, keep the last; > 0: keep the best, stop this many evals after it
+sft_min_delta = 0.0  # with sft_patience: a val loss counts as lower only if by more than this (nats)
 gradient_accumulation_steps = 1
-eval_iters = 20
 log_interval = 10
 progress = True
 weight_decay = 0.1
@@ -149,55 +155,69 @@ def distill_inputs(seqs, sp):
     return t_in, s_pos, mask
 
 
-def replay_window(stream, i, T, sp):
+def replay_window(stream, i, T, sp, annotated):
     """Inputs and targets of one replayed window of T tokens from stream position i, every token a
     target as in pretraining. With replay_docs the window starts at the first document start
-    (<|bos|>) within T tokens of i, so its text is seen with its annotation, and the two transitions
-    where the pretraining format and the SFT format disagree are not targets: <|text|> -> the text's
-    first token (in SFT rows: the response's opening line) and the end of a text -> <|bos|> or <|ann|>
-    (in SFT rows: <|end|>). Replay then keeps the text following its annotation without teaching
-    the model to drop the SFT format's first line or to run past <|end|>."""
+    (<|bos|>) within T tokens of i, so its text is seen from its beginning (and with its annotation
+    in the annotated stream), and the two transitions where the pretraining format and the SFT format
+    disagree are not targets: the text's first token, after <|text|> (annotated) or <|bos|> (plain),
+    where an SFT response has its opening line; and the end of a text, -> <|bos|> or a next <|ann|>,
+    where a response has <|end|>. Replay then keeps the model writing documents of every topic
+    without teaching it to drop the SFT format's first line or to run past <|end|>."""
     if replay_docs:
         j = np.flatnonzero(stream[i:i + T] == sp[BOS])
         i = min(i + int(j[0]), len(stream) - T - 1) if len(j) else i  # near the stream's end: as drawn
     w = torch.from_numpy(stream[i:i + T + 1].astype(np.int64))
     x, y = w[:-1], w[1:].clone()
     if replay_docs:
+        text_starts = x == sp[TEXT] if annotated else x == sp[BOS]
         text_ends = (y == sp[BOS]) | ((y == sp[ANN]) & (x != sp[BOS]))
-        y[(x == sp[TEXT]) | text_ends] = IGNORE
+        y[text_starts | text_ends] = IGNORE
     return x, y
 
 
-def make_get_batch(rows, device, sp, distill=False, replay=None):
-    """Random rows, right-padded to the longest in the micro-batch; padding is never a target.
-    With distill (prior distillation) every training batch also carries distill_inputs. With replay (a
-    token stream), replay_rows windows of it, as long as the micro-batch, follow the SFT rows in
-    every training batch, all their tokens targets (the loss is one mean over all targets)."""
-    longest = max(len(ids) for ids, _ in rows['train']) + 1  # a window and its shifted targets
+def pad_rows(rows, extra=0):
+    """Rows (ids, targets) right-padded to the longest into (x, y), with `extra` empty rows after
+    them for replayed windows; padding is never a target."""
+    T = max(len(ids) for ids, _ in rows)
+    x = torch.zeros(len(rows) + extra, T, dtype=torch.long)
+    y = torch.full((len(rows) + extra, T), IGNORE, dtype=torch.long)
+    for b, (ids, targets) in enumerate(rows):
+        x[b, :len(ids)] = torch.tensor(ids)
+        y[b, :len(targets)] = torch.tensor(targets)
+    return x, y
+
+
+def make_get_batch(rows, device, sp, distill=False, replay=None, annotated=False):
+    """Training batches of random rows. With distill (prior distillation) every batch also carries
+    distill_inputs. With replay (a token stream, annotated or plain), replay_rows windows of it, as long
+    as the micro-batch, follow the SFT rows in every batch, all their tokens targets (the loss is one
+    mean over all targets)."""
+    longest = max(len(ids) for ids, _ in rows) + 1  # a window and its shifted targets
+    n_rep = replay_rows if replay is not None else 0
+
     def get_batch(split, gen, micro_ids):
-        data = rows[split]
-        train = split == 'train'
-        n = gradient_accumulation_steps if train else 1
-        picks = torch.randint(len(data), (n, sft_batch_size), generator=gen)
-        n_rep = replay_rows if replay is not None and train else 0
+        n = gradient_accumulation_steps
+        picks = torch.randint(len(rows), (n, sft_batch_size), generator=gen)
         # drawn for every micro-batch of every rank, like picks: each rank takes its own, in sync
         starts = torch.randint(len(replay) - longest, (n, n_rep), generator=gen) if n_rep else None
         out = []
         for m in micro_ids:
-            batch = [data[i] for i in picks[m].tolist()]
-            T = max(len(ids) for ids, _ in batch)
-            x = torch.zeros(len(batch) + n_rep, T, dtype=torch.long)
-            y = torch.full((len(batch) + n_rep, T), IGNORE, dtype=torch.long)
-            for b, (ids, targets) in enumerate(batch):
-                x[b, :len(ids)] = torch.tensor(ids)
-                y[b, :len(targets)] = torch.tensor(targets)
+            batch = [rows[i] for i in picks[m].tolist()]
+            x, y = pad_rows(batch, n_rep)
             for r, i in enumerate(starts[m].tolist() if n_rep else ()):
-                x[len(batch) + r], y[len(batch) + r] = replay_window(replay, i, T, sp)
-            # evaluation reports the plain SFT loss (lm_loss): only training batches need the teacher's view
-            extra = distill_inputs([ids for ids, _ in batch], sp) if distill and train else ()
+                x[len(batch) + r], y[len(batch) + r] = replay_window(replay, i, x.size(1), sp, annotated)
+            extra = distill_inputs([ids for ids, _ in batch], sp) if distill else ()
             out.append(tuple(t.to(device) for t in (x, y, *extra)))
         return out
     return get_batch
+
+
+def val_batches(rows, device):
+    """The whole SFT val set in its file order, sft_batch_size rows a batch: every evaluation reads
+    every row once, the same rows each time, so two val losses differ only by the model."""
+    return [tuple(t.to(device) for t in pad_rows(rows[i:i + sft_batch_size]))
+            for i in range(0, len(rows), sft_batch_size)]
 
 
 def distill_kl(student_logits, teacher_logits, mask):
@@ -236,55 +256,83 @@ def load_teacher(ckpt, device):
     return teacher
 
 
+def check_resume(ckpt):
+    """A resumed run continues the same post-training: the same method and remedy."""
+    if ckpt.get('stage') != 'sft' or ckpt.get('method') != method:
+        raise UserError(f"{out_dir}/ckpt.pt is not a method='{method}' SFT checkpoint")
+    if ckpt.get('anchor_prior') != (anchor_prior if method == 'anchor' else None):
+        raise UserError(f"{out_dir}/ckpt.pt was trained with anchor_prior={ckpt.get('anchor_prior')}, "
+                        f"not {anchor_prior}")
+    for key, default in (('replay_rows', 0), ('replay_docs', False)):
+        if ckpt['config'].get(key, default) != config[key]:
+            raise UserError(f"{out_dir}/ckpt.pt was trained with {key}={ckpt['config'].get(key, default)}, "
+                            f"not {config[key]}")
+
+
+def load_start():
+    """The checkpoint post-training starts from: the pretrained one, or its own to resume."""
+    if init_from == 'resume':
+        ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+        check_resume(ckpt)
+    else:
+        ckpt = load_checkpoint(os.path.join(init_dir, 'ckpt.pt'))
+        if ckpt.get('stage') != 'pretrain':
+            raise UserError(f"{init_dir}/ckpt.pt is a '{ckpt.get('stage')}' checkpoint, not a pretrained one")
+    return ckpt
+
+
+def load_sft_data(ddir, meta, block_size):
+    """The SFT rows of both splits, their topics, and the replay stream: the pretraining stream of the
+    model's own kind (annotated for method='anchor', plain for 'sft'), checked before anything is
+    written and longer than a window of the longest row (block_size + 1), so a start can be drawn."""
+    anchored = method == 'anchor'
+    if anchored and not meta.get('annotation_keys'):
+        raise UserError(f"method='anchor' needs a data dir with annotations; {ddir} has none")
+    replay = token_stream(ddir, 'annotated' if anchored else 'plain', 'train', block_size + 2) if replay_rows else None
+    enc, sp = load_tokenizer(ddir, meta), meta['special_tokens']
+    rng = random.Random(seed)
+    rows, topics = {}, {}
+    for split in ('train', 'val'):
+        rows[split], topics[split] = load_rows(os.path.join(ddir, f'sft_{split}.jsonl'), enc, sp, block_size,
+                                               anchored, rng, f'SFT {split} set', meta.get('sft_key'))
+    return rows, topics, replay
+
+
+def write_sft_set(meta, rows, topics, env):
+    """sft_set.json: the semantic entropy of the post-training data, what SFT's output entropy tracks
+    (paper); and a line on what is about to run."""
+    write_json(os.path.join(out_dir, 'sft_set.json'), dict(
+        rows=len(rows['train']), sft_key=meta.get('sft_key'), counts=dict(Counter(topics['train'])),
+        entropy_bits=entropy_bits(topics['train'])))
+    epochs = sft_iters * sft_batch_size * gradient_accumulation_steps / len(rows['train'])
+    print(f"{method} SFT of {init_dir if init_from == 'pretrained' else out_dir}: {len(rows['train'])} rows, "
+          f"{sft_iters} iters ({epochs:.1f} epochs) on {env['device']} x{env['world']}"
+          + (f", {replay_rows} replayed documents per batch" if replay_rows else ''))
+
+
 def main():
     check_training_config(config, positive=('sft_iters', 'sft_batch_size', 'sft_eval_interval'),
                           nonneg=('sft_lr_frac', 'sft_warmup_iters', 'distill_weight', 'sft_max_rows', 'sft_patience',
-                                  'replay_rows'),
+                                  'sft_min_delta', 'replay_rows'),
                           fractions=('key_fraction', 'sft_warmdown_frac', 'sft_final_lr_frac'),
                           choices=dict(method=('sft', 'anchor'), anchor_prior=('mask', 'distill'),
                                        init_from=('pretrained', 'resume')), dropout_key='sft_dropout')
     if threads:
         torch.set_num_threads(threads)
     env = setup_device(device, backend)
-    if init_from == 'resume':
-        ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
-        if ckpt.get('stage') != 'sft' or ckpt.get('method') != method:
-            raise UserError(f"{out_dir}/ckpt.pt is not a method='{method}' SFT checkpoint")
-        if ckpt.get('anchor_prior') != (anchor_prior if method == 'anchor' else None):
-            raise UserError(f"{out_dir}/ckpt.pt was trained with anchor_prior={ckpt.get('anchor_prior')}, "
-                            f"not {anchor_prior}")
-        for key, default in (('replay_rows', 0), ('replay_docs', False)) if method == 'anchor' else ():
-            if ckpt['config'].get(key, default) != config[key]:
-                raise UserError(f"{out_dir}/ckpt.pt was trained with {key}={ckpt['config'].get(key, default)}, "
-                                f"not {config[key]}")
-    else:
-        ckpt = load_checkpoint(os.path.join(init_dir, 'ckpt.pt'))
-        if ckpt.get('stage') != 'pretrain':
-            raise UserError(f"{init_dir}/ckpt.pt is a '{ckpt.get('stage')}' checkpoint, not a pretrained one")
+    ckpt = load_start()
     ddir = data_dir or ckpt['data_dir']
     meta = load_meta(ddir)
     check_meta(ckpt, meta, ddir)
-    anchored = method == 'anchor'
-    if anchored and not meta.get('annotation_keys'):
-        raise UserError(f"method='anchor' needs a data dir with annotations; {ddir} has none")
-    distill = anchored and anchor_prior == 'distill'
+    distill = method == 'anchor' and anchor_prior == 'distill'
     teacher = load_teacher(ckpt, env['device']) if distill else None
-    enc, sp = load_tokenizer(ddir, meta), meta['special_tokens']
     model_args = dict(ckpt['model_args'], dropout=sft_dropout)
-    block_size = model_args['block_size']
-    # replay: the data dir's annotated pretraining stream (anchored SFT only), checked before anything
-    # is written; longer than a window of the longest row (block_size + 1), so a start can be drawn
-    replay = token_stream(ddir, 'annotated', 'train', block_size + 2) if anchored and replay_rows else None
-    rng = random.Random(seed)
-    rows, topics = {}, {}
-    for split in ('train', 'val'):
-        rows[split], topics[split] = load_rows(os.path.join(ddir, f'sft_{split}.jsonl'), enc, sp, block_size,
-                                               anchored, rng, f'SFT {split} set', meta.get('sft_key'))
+    rows, topics, replay = load_sft_data(ddir, meta, model_args['block_size'])
     torch.manual_seed(seed + env['rank'])
     ckpt['model_args'] = model_args
     model = model_from_checkpoint(ckpt, env['device'])
     pre = ckpt['config'] if init_from == 'pretrained' else ckpt['pretrain_config']
-    lr_frac = anchor_lr_frac if anchored and anchor_lr_frac >= 0 else sft_lr_frac
+    lr_frac = replay_lr_frac if replay_rows and replay_lr_frac >= 0 else sft_lr_frac
     optimizer = model.configure_optimizers(pre['optimizer'], lr_frac * pre['learning_rate'],
                                            lr_frac * pre['matrix_lr'], weight_decay, (beta1, beta2),
                                            env['device_type'])
@@ -293,26 +341,21 @@ def main():
         optimizer.load_state_dict(ckpt['optimizer'])
         state = resume_state(ckpt)
     if env['master']:
-        # the semantic entropy of the post-training data: what SFT's output entropy tracks (paper)
-        counts = Counter(topics['train'])
-        write_json(os.path.join(out_dir, 'sft_set.json'), dict(
-            rows=len(rows['train']), sft_key=meta.get('sft_key'), counts=dict(counts),
-            entropy_bits=entropy_bits(topics['train'])))
-        epochs = sft_iters * sft_batch_size * gradient_accumulation_steps / len(rows['train'])
-        print(f"{method} SFT of {init_dir if init_from == 'pretrained' else out_dir}: {len(rows['train'])} rows, "
-              f"{sft_iters} iters ({epochs:.1f} epochs) on {env['device']} x{env['world']}")
-    cfg = dict(config, batch_size=sft_batch_size, block_size=block_size, max_iters=sft_iters,
-               warmup_iters=sft_warmup_iters, lr_schedule='wsd', warmdown_frac=sft_warmdown_frac,
-               final_lr_frac=sft_final_lr_frac, eval_interval=sft_eval_interval, keep_best=True,
-               patience=sft_patience, eval_splits=('val',), desc=f'{method} SFT')
+        write_sft_set(meta, rows, topics, env)
     extra = dict(stage='sft', method=method, model_args=model_args, config=config, data_dir=ddir,
                  meta_fingerprint=meta['fingerprint'], pretrain_config=pre,
                  init_dir=ckpt['init_dir'] if init_from == 'resume' else init_dir,
-                 annotated=ckpt.get('annotated', False))
-    extra['anchor_prior'] = anchor_prior if anchored else None
-    loss_fn = prior_distill_loss(teacher, distill_weight) if distill else lm_loss
-    train(model, optimizer, make_get_batch(rows, env['device'], sp, distill, replay), cfg, env, state,
-          extra, loss_fn)
+                 annotated=ckpt.get('annotated', False), anchor_prior=anchor_prior if method == 'anchor' else None)
+    sp = meta['special_tokens']
+    get_batch = make_get_batch(rows['train'], env['device'], sp, distill, replay, annotated=method == 'anchor')
+    lr_at = partial(lr_multiplier, max_iters=sft_iters, warmup_iters=sft_warmup_iters, schedule='wsd',
+                    warmdown_frac=sft_warmdown_frac, final_lr_frac=sft_final_lr_frac)
+    train(model, optimizer, get_batch, {'val': lambda: val_batches(rows['val'], env['device'])}, env, state, extra,
+          out_dir=out_dir, max_iters=sft_iters, lr_at=lr_at, eval_interval=sft_eval_interval,
+          log_interval=log_interval, accum=gradient_accumulation_steps, grad_clip=grad_clip, seed=seed, dtype=dtype,
+          compile=compile, peak_flops=peak_flops(env['device_type'], cpu_peak_flops), progress=progress,
+          loss_fn=prior_distill_loss(teacher, distill_weight) if distill else lm_loss,
+          keep_best=sft_patience > 0, patience=sft_patience, min_delta=sft_min_delta, desc=f'{method} SFT')
     if env['ddp']:
         torch.distributed.destroy_process_group()
 

@@ -4,6 +4,7 @@ Small things every stage shares: clear errors, the validation of config values a
 carries its own copy.
 """
 import glob
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,36 @@ def die(msg):
     """Print one clear line naming the problem and exit non-zero."""
     print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def digest(*parts):
+    """A short stable hash of strings and bytes: fingerprints, stage stamps, cache keys."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+    return h.hexdigest()[:16]
+
+
+def split_list(text):
+    """'a, b,,c' -> ['a', 'b', 'c']: the comma-separated lists of config values."""
+    return [p.strip() for p in text.split(',') if p.strip()]
+
+
+def environment():
+    """What a measured number depends on besides the code: library versions, the CPU (or GPU), cores
+    and threads. Recorded next to the figures: a training run is repeatable on one machine, not
+    across machines."""
+    import platform
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+    except OSError:
+        pass
+    return dict(python=platform.python_version(), torch=torch.__version__, numpy=__import__('numpy').__version__,
+                platform=platform.platform(), cpu=cpu, cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 
 
 def main_guard(fn):

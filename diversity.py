@@ -1,32 +1,35 @@
 """
 Stage 5: semantic diversity and quality of samples, the competence of every arm, and the collapse
-table of the paper (arXiv 2605.09995, "Annotations Mitigate Post-Training Mode Collapse"; DESIGN.md
-sections 1.6-1.7).
+table of the paper (arXiv 2605.09995, "Annotations Mitigate Post-Training Mode Collapse").
 
     python diversity.py --samples=base=out/base/samples.jsonl,sft=out/sft/samples.jsonl,\
 anchored=out/anchored/samples.jsonl --data_dir=data/wiki --out_dir=out/report
 
-Every metric (metrics.py) is computed per prompt over that prompt's samples, then averaged over
-prompts, with paired bootstrap CIs over prompts. Diversity: entropy_<k> of the judge's labels for
-every categorical annotation key k, dissimilarity, vendi, distinct2, gzip. Competence: fluency,
-format_rate, finish_rate, quality, sft_share, and for arms that sample annotations ann_valid_<k>,
-prior_kept_<k>, fidelity_<k>. The judge is a logistic regression on sentence embeddings of held-out
-corpus documents: it never sees the models under test. Outputs in out_dir: report.json, report.md
-(report.py renders it), diversity_quality.png.
+An arm named several times in --samples has several replicates (training seeds), one samples file
+each: its figures are the mean over replicates, and every CI is a two-level bootstrap that resamples
+the replicates, then the prompts within each, so that it holds the variance of training and not only
+that of sampling. Every metric (metrics.py) is computed per prompt over that prompt's samples.
+Diversity: entropy_<k> of the judge's labels for every categorical annotation key k, dissimilarity,
+vendi, distinct2, gzip. Competence: fluency, format_rate, finish_rate, quality, sft_share, and for
+arms that sample annotations ann_valid_<k>, prior_kept_<k>, fidelity_<k>. The headline compares each
+anchored arm with each control arm on the headline metrics (the difference of their diversity, the
+share of the gap to base it closes, the collapse ratio) and gives every arm's topic narrowing
+(sft_share(arm) - sft_share(base)). The judge is a logistic regression on sentence embeddings of
+held-out corpus documents: it never sees the models under test. Outputs in out_dir: report.json,
+report.md (report.py renders it), diversity_quality.png.
 """
-import hashlib
 import math
 import os
-from collections import Counter
+from collections import Counter, namedtuple
 
 import numpy as np
 
-from common import (UserError, atomic_write, check_device, check_out_dir, clean_stale_temps, main_guard, read_jsonl,
-                    write_json, write_text)
+from common import (UserError, atomic_write, check_device, check_out_dir, clean_stale_temps, digest, environment,
+                    main_guard, read_jsonl, split_list, write_json, write_text)
 from formats import load_meta
-from metrics import (ann_values, ci95, collapse, collapse_ratio, content, entropy_bits, expected_entropy,
-                     gap_closed, prompt_metrics)
-from report import headline_sentence, jsonable, plot_png, render_md
+from metrics import (ann_values, bootstrap_draws, bootstrap_means, ci95, collapse, collapse_ratio, content, derived,
+                     entropy_bits, expected_entropy, gap_closed, prompt_metrics)
+from report import headline_sentence, jsonable, narrowing_sentence, plot_png, render_md
 
 # -----------------------------------------------------------------------------
 samples = ''  # comma-separated arm=path pairs, e.g. 'base=out/base.jsonl,sft=out/sft.jsonl'
@@ -38,10 +41,11 @@ embed_batch_size = 64
 judge_max_docs = 3000  # held-out docs the judge is trained and tested on (CPU time)
 judge_test_frac = 0.2  # share of them kept out of training to measure the judge's accuracy
 base_arm = 'base'  # the diversity reference of the collapse definitions
-sft_arm = 'sft'
-anchored_arm = 'anchored'  # comma-separated: the first is the headline's, each gets a collapse ratio
+control_arms = 'sft,sft-replay'  # what anchoring is compared with: standard SFT, and SFT with the anchored arm's
+#                                  replay and learning rate (the fair control); comma-separated, absent ones skipped
+anchored_arms = 'anchored'  # comma-separated: each is compared with every control; the first is the headline's
 headline_metrics = ''  # '' = entropy_<first categorical key> and dissimilarity (the paper's two metrics)
-bootstrap = 1000  # resamples of the prompts for 95% CIs; 0 = no CIs
+bootstrap = 1000  # resamples (seeds, then prompts within each) for 95% CIs; 0 = no CIs
 seed = 1337
 from configurator import configure  # noqa: E402  (imported by tests: keeps the defaults)
 config = configure(globals())
@@ -55,52 +59,61 @@ BASE_DIVERSITY = ('dissimilarity', 'vendi', 'distinct2', 'gzip')
 # -----------------------------------------------------------------------------
 # inputs
 
-def load_samples(spec):
-    """'arm=path,...' -> {arm: rows}; checks the fields and that every arm has the same prompts."""
+def parse_samples(spec):
+    """'arm=path,arm=path,...' -> {arm: [path, ...]}: an arm named again gets another replicate."""
     arms = {}
     for piece in filter(None, (p.strip() for p in spec.split(','))):
         arm, sep, path = piece.partition('=')
         if not sep or not arm.strip() or not path.strip():
             raise UserError(f"bad --samples entry '{piece}': expected arm=path")
-        if arm.strip() in arms:
-            raise UserError(f"arm '{arm.strip()}' is given twice in --samples")
-        arms[arm.strip()] = path.strip()
+        arms.setdefault(arm.strip(), []).append(path.strip())
     if not arms:
         raise UserError("no samples given: use --samples=arm=path,arm=path (e.g. base=out/base.jsonl)")
-    data = {}
-    for arm, path in arms.items():
-        rows = read_jsonl(path, f"samples of arm '{arm}'")
-        for i, r in enumerate(rows, 1):
-            if not isinstance(r, dict):
-                raise UserError(f"{path}: row {i} is not a JSON object")
-            missing = [f for f in FIELDS if f not in r]
-            if missing:
-                raise UserError(f"{path}: row {i} has no field '{missing[0]}' (sample.py writes all of {FIELDS})")
-            bad = [f for f, ok in (('text', isinstance(r['text'], str)), ('prompt', isinstance(r['prompt'], str)),
-                                   ('finished', isinstance(r['finished'], bool)),
-                                   ('annotation', r['annotation'] is None or isinstance(r['annotation'], str)),
-                                   ('tokens', isinstance(r['tokens'], (int, float))),
-                                   ('prompt_id', isinstance(r['prompt_id'], (int, str)))) if not ok]
-            if bad:
-                raise UserError(f"{path}: row {i}: field '{bad[0]}' has a wrong type ({type(r[bad[0]]).__name__})")
-        data[arm] = rows
+    return arms
+
+
+def read_samples(path, arm):
+    """The rows of one samples file, every field of sample.py present and of its type."""
+    rows = read_jsonl(path, f"samples of arm '{arm}'")
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r, dict):
+            raise UserError(f"{path}: row {i} is not a JSON object")
+        missing = [f for f in FIELDS if f not in r]
+        if missing:
+            raise UserError(f"{path}: row {i} has no field '{missing[0]}' (sample.py writes all of {FIELDS})")
+        bad = [f for f, ok in (('text', isinstance(r['text'], str)), ('prompt', isinstance(r['prompt'], str)),
+                               ('finished', isinstance(r['finished'], bool)),
+                               ('annotation', r['annotation'] is None or isinstance(r['annotation'], str)),
+                               ('tokens', isinstance(r['tokens'], (int, float))),
+                               ('prompt_id', isinstance(r['prompt_id'], (int, str)))) if not ok]
+        if bad:
+            raise UserError(f"{path}: row {i}: field '{bad[0]}' has a wrong type ({type(r[bad[0]]).__name__})")
+    return rows
+
+
+def load_samples(spec):
+    """{arm: [rows of each replicate]} and {arm: [paths]}; every file must answer the same prompts,
+    each with at least 2 samples."""
+    paths = parse_samples(spec)
+    data = {arm: [read_samples(p, arm) for p in ps] for arm, ps in paths.items()}
     first = next(iter(data))
-    ids = {r['prompt_id'] for r in data[first]}
-    texts = {r['prompt_id']: r['prompt'] for r in data[first]}
-    for arm, rows in data.items():
-        clash = next((r for r in rows if r['prompt'] != texts.get(r['prompt_id'], r['prompt'])), None)
-        if clash is not None:
-            raise UserError(f"prompt_id {clash['prompt_id']!r} has another prompt text in arm '{arm}' than in "
-                            f"'{first}': the arms must answer the same prompts")
-        other = {r['prompt_id'] for r in rows}
-        if other != ids:
-            diff = sorted(ids ^ other, key=str)
-            raise UserError(f"arms '{first}' and '{arm}' have different prompt ids ({len(ids - other)} missing, "
-                            f"{len(other - ids)} extra in '{arm}', e.g. {diff[0]!r}): sample the same prompts")
-        small = [p for p, c in Counter(r['prompt_id'] for r in rows).items() if c < 2]
-        if small:
-            raise UserError(f"arm '{arm}' has prompts with fewer than 2 samples (e.g. {small[0]!r})")
-    return data, arms
+    ids = {r['prompt_id'] for r in data[first][0]}
+    texts = {r['prompt_id']: r['prompt'] for r in data[first][0]}
+    for arm, reps in data.items():
+        for rows in reps:
+            clash = next((r for r in rows if r['prompt'] != texts.get(r['prompt_id'], r['prompt'])), None)
+            if clash is not None:
+                raise UserError(f"prompt_id {clash['prompt_id']!r} has another prompt text in arm '{arm}' than in "
+                                f"'{first}': the arms must answer the same prompts")
+            other = {r['prompt_id'] for r in rows}
+            if other != ids:
+                diff = sorted(ids ^ other, key=str)
+                raise UserError(f"arms '{first}' and '{arm}' have different prompt ids ({len(ids - other)} missing, "
+                                f"{len(other - ids)} extra in '{arm}', e.g. {diff[0]!r}): sample the same prompts")
+            small = [p for p, c in Counter(r['prompt_id'] for r in rows).items() if c < 2]
+            if small:
+                raise UserError(f"arm '{arm}' has prompts with fewer than 2 samples (e.g. {small[0]!r})")
+    return data, paths
 
 
 def load_data(data_dir):
@@ -156,7 +169,7 @@ def embed(model, texts):
 def heldout_embeddings(model, texts):
     """Embeddings of the judge's documents, cached in out_dir under a hash of the embedder and the
     exact texts (which already depend on heldout.jsonl, judge_max_docs and seed)."""
-    h = hashlib.sha256('\0'.join([embedder] + texts).encode()).hexdigest()[:16]
+    h = digest('\0'.join([embedder] + texts))
     path = os.path.join(out_dir, 'cache', f'heldout-{h}.npy')
     if os.path.isfile(path):
         try:
@@ -188,54 +201,121 @@ def train_judge(emb, labels, rng):
 
 
 # -----------------------------------------------------------------------------
-# bootstrap summary, collapse, headline
+# statistics: means over replicates, two-level bootstrap CIs, collapse, the headline
 
-def summarize(table, n_prompts):
-    """table: {arm: {metric: per-prompt array}} -> point means, bootstrap means (paired: the same
-    resampled prompt ids for every arm, so arm differences keep their pairing)."""
+def summarize(table):
+    """table: {arm: {metric: (R, P) array}} -> Stats of every arm and metric: the mean over replicates
+    and prompts, its bootstrap resamples (replicates, then prompts within each; paired across arms),
+    and the mean of every replicate."""
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n_prompts, size=(bootstrap, n_prompts)) if bootstrap > 0 else None
-    point = {a: {m: float(v.mean()) for m, v in ms.items()} for a, ms in table.items()}
-    boot = {a: {m: (v[idx].mean(axis=1) if idx is not None else np.full(1, math.nan)) for m, v in ms.items()}
-            for a, ms in table.items()}
-    return point, boot
+    shapes = [next(iter(ms.values())).shape for ms in table.values()]
+    draws = bootstrap_draws([r for r, _ in shapes], shapes[0][1], max(bootstrap, 1), rng)
+    st = Stats({}, {}, {})
+    for a, ms in table.items():
+        st.point[a] = {m: float(v.mean()) for m, v in ms.items()}
+        st.boot[a] = {m: bootstrap_means(v, draws) if bootstrap else np.full(1, math.nan) for m, v in ms.items()}
+        st.seeds[a] = {m: v.mean(axis=1) for m, v in ms.items()}
+    return st
 
 
-def collapse_table(point, boot, metrics, anchored, notes):
-    """For every diversity metric: D per arm, collapse(m) per arm, and for each anchored arm its
-    collapse_ratio and gap_closed against the SFT arm (+ CIs)."""
-    out = {}
-    if base_arm not in point:
+class Stats(namedtuple('Stats', 'point boot seeds')):
+    """{arm: {metric: x}} three ways: point means, bootstrap resamples, per-replicate means."""
+
+    def figure(self, fn, metric, *arms):
+        """fn of the arms' means of one metric: its value, 95% CI and per-replicate values."""
+        pick = lambda d: [d[a][metric] for a in arms]
+        return derived(fn, pick(self.point), pick(self.boot), pick(self.seeds))
+
+
+def difference(d_control, d_arm):
+    return np.subtract(d_arm, d_control)
+
+
+def ratio_of(d_base, d_control, d_arm):
+    return collapse_ratio(collapse(d_base, d_control), collapse(d_base, d_arm))
+
+
+def collapse_table(st, metrics, notes):
+    """For every diversity metric: D per arm and collapse(m) = (D_base - D_m) / D_base per arm."""
+    if base_arm not in st.point:
         notes.append(f"no collapse: base arm '{base_arm}' is not among the arms")
-        return out
-    anchored = [a for a in anchored if a in point] if sft_arm in point else []
-    if not anchored:
-        notes.append(f"no collapse_ratio/gap_closed: needs arms '{sft_arm}' and '{anchored_arm}'")
+        return {}
+    return {m: dict(values={a: st.point[a][m] for a in st.point},
+                    collapse={a: st.figure(collapse, m, base_arm, a) for a in st.point}) for m in metrics}
+
+
+def comparisons(st, metrics, anchored, controls):
+    """Every anchored arm against every control on every metric: the difference D_arm - D_control,
+    gap closed (D_arm - D_control) / (D_base - D_control) and the collapse ratio
+    collapse(control) / collapse(arm), each with its CI and per-replicate values."""
+    return {m: {a: {c: dict(diff=st.figure(difference, m, c, a), gap=st.figure(gap_closed, m, base_arm, c, a),
+                            ratio=st.figure(ratio_of, m, base_arm, c, a),
+                            control_collapse=st.figure(collapse, m, base_arm, c),
+                            arm_collapse=st.figure(collapse, m, base_arm, a)) for c in controls}
+                for a in anchored} for m in metrics}
+
+
+def narrowing(st):
+    """Topic narrowing = sft_share(arm) - sft_share(base): how far an arm's samples moved toward the
+    SFT set's own topics. Label entropy can miss it where the base model's topics are skewed (moving
+    mass toward the SFT topics can even them out); the share of the SFT topics cannot."""
+    return {a: st.figure(difference, 'sft_share', base_arm, a) for a in st.point
+            if a != base_arm and 'sft_share' in st.point[a] and 'sft_share' in st.point.get(base_arm, {})}
+
+
+def sweeps(arms):
+    """{arm: [(temperature, sampled arm name)]} of the arms sampled at several temperatures, which
+    are named '<arm>@t<temperature>' (study.py --temperatures), sorted by temperature."""
+    out = {}
+    for a in arms:
+        name, sep, t = a.partition('@t')
+        if sep and t.replace('.', '', 1).isdigit():
+            out.setdefault(name, []).append((float(t), a))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def interp_at(q, curve_q, curve_d):
+    """The diversity of a curve at quality q, linear between its points (sorted by quality); nan
+    outside them: a control is compared only where its own temperatures reach that quality."""
+    order = np.argsort(curve_q)
+    return float(np.interp(q, np.asarray(curve_q)[order], np.asarray(curve_d)[order], left=np.nan, right=np.nan))
+
+
+def matched_quality(st, metrics, anchored, controls):
+    """The temperature sweep read at matched quality (paper: anchored lies on a better
+    diversity-quality frontier): at each temperature of an anchored arm, its diversity minus the
+    control's at the same quality, interpolated along the control's own temperature curve; with CI
+    (per bootstrap resample: both curves resampled) and per-replicate values."""
+    sw = sweeps(st.point)
+    out = {}
     for m in metrics:
-        arms = [a for a in point if m in point[a]]
-        c = {a: collapse(point[base_arm][m], point[a][m]) for a in arms}
-        cb = {a: collapse(boot[base_arm][m], boot[a][m]) for a in arms}
-        three = lambda d, a: (d[base_arm][m], d[sft_arm][m], d[a][m])
-        out[m] = dict(values={a: point[a][m] for a in arms},
-                      collapse={a: dict(value=float(c[a]), ci=ci95(cb[a])) for a in arms},
-                      ratio={a: dict(value=float(collapse_ratio(c[sft_arm], c[a])),
-                                     ci=ci95(collapse_ratio(cb[sft_arm], cb[a]))) for a in anchored},
-                      gap={a: dict(value=float(gap_closed(*three(point, a))), ci=ci95(gap_closed(*three(boot, a))))
-                           for a in anchored})
+        for a in (a for a in anchored if a in sw):
+            for c in (c for c in controls if c in sw):
+                rows = []
+                for t, arm in sw[a]:
+                    def diff(view, i=None):
+                        at = (lambda x: x) if i is None else (lambda x: x[i])
+                        curve = [(at(view[ca]['quality']), at(view[ca][m])) for _, ca in sw[c]]
+                        return at(view[arm][m]) - interp_at(at(view[arm]['quality']), *zip(*curve))
+                    boot = [diff(st.boot, i) for i in range(len(st.boot[arm][m]))]
+                    reps = {len(st.seeds[x][m]) for x in [arm] + [ca for _, ca in sw[c]]}
+                    per = [diff(st.seeds, i) for i in range(reps.pop())] if len(reps) == 1 else None
+                    rows.append(dict(temperature=t, quality=st.point[arm]['quality'],
+                                     diff=dict(value=diff(st.point), ci=ci95(boot), seeds=per)))
+                out.setdefault(m, {}).setdefault(a, {})[c] = rows
     return out
 
 
-def headline(coll, heads, anchored):
-    """The paper's headline for each headline metric and each anchored arm, caveats included."""
-    out = []
-    for m in heads:
-        row = coll.get(m, {})
-        for a in anchored:
-            if a in row.get('ratio', {}):
-                r, g = row['ratio'][a], row['gap'][a]
-                out.append(headline_sentence(m, r['value'], r['ci'], g['value'], g['ci'],
-                                             row['collapse'][sft_arm]['value'], row['collapse'][a]['value'], a))
-    return out or [f"headline not computed: needs arms '{base_arm}', '{sft_arm}' and '{anchored_arm}'"]
+def headline(comp, narrow, heads, anchored, controls):
+    """The headline sentences: the first anchored arm against each control on each headline metric,
+    then the topic narrowing of the controls and the anchored arm. Caveats included."""
+    if not anchored or not controls:
+        return [f"headline not computed: needs arms '{base_arm}', one of '{control_arms}' and '{anchored_arms}'"]
+    a = anchored[0]
+    out = [headline_sentence(m, a, c, comp[m][a][c]) for m in heads for c in controls]
+    if a in narrow:
+        out.append(narrowing_sentence(narrow, [c for c in controls if c in narrow] + [a]))
+    return out
 
 
 # -----------------------------------------------------------------------------
@@ -276,22 +356,64 @@ def corpus_reference(meta, heldout, words, cat_keys, rng):
     return ref, prior
 
 
-def main():
-    data, paths = load_samples(samples)
-    meta, heldout, words = load_data(data_dir)
-    cat_keys = list(meta['categorical_keys'])
-    known = [f'entropy_{k}' for k in cat_keys] + list(BASE_DIVERSITY)
-    heads = [h.strip() for h in headline_metrics.split(',') if h.strip()] or \
-        list(dict.fromkeys([known[0], 'dissimilarity']))
-    bad = [h for h in heads if h not in known]
-    if bad:
-        raise UserError(f"headline metric '{bad[0]}' is not one of: {', '.join(known)}")
+def check_config_values():
+    """Every config value, before any work: the headline metrics that can exist, the numbers, the
+    output dir. Returns the headline metrics asked for ('' = the paper's two)."""
     if bootstrap < 0 or not 0 < judge_test_frac < 1 or judge_max_docs < 2 or embed_batch_size < 1:
         raise UserError("need bootstrap >= 0, 0 < judge_test_frac < 1, judge_max_docs >= 2 and embed_batch_size >= 1")
     check_device(device)
     check_out_dir(out_dir, 'out_dir')
     clean_stale_temps(out_dir, ('report.json', 'report.md', 'diversity_quality.png'))
-    anchored = [a.strip() for a in anchored_arm.split(',') if a.strip()]
+    return split_list(headline_metrics)
+
+
+def replicate_metrics(model, judges, ref, rows, pids):
+    """One samples file: {metric: (P,) per-prompt values}, the judge's labels of every sample and
+    the most common number of samples per prompt."""
+    emb = embed(model, [content(r['text'], ref['opening']) for r in rows])
+    labels = {k: clf.predict(emb) for k, clf in judges.items()}
+    annotated = any((r['annotation'] or '').strip() for r in rows)
+    by_prompt = {}
+    for i, r in enumerate(rows):
+        by_prompt.setdefault(r['prompt_id'], []).append(i)
+    per = [prompt_metrics([rows[i] for i in ix], emb[ix], {k: list(v[ix]) for k, v in labels.items()}, ref, annotated)
+           for ix in (by_prompt[p] for p in pids)]
+    n = Counter(len(v) for v in by_prompt.values()).most_common(1)[0][0]
+    return {m: np.array([d[m] for d in per]) for m in per[0]}, labels, n
+
+
+def measure_arms(model, judges, ref, data, paths, prior):
+    """Per-prompt metrics of every replicate of every arm: ({arm: {metric: (R, P)}}, {arm: info})."""
+    pids = sorted({r['prompt_id'] for r in next(iter(data.values()))[0]}, key=str)
+    table, arms = {}, {}
+    for arm, reps in data.items():
+        per_rep = [replicate_metrics(model, judges, ref, rows, pids) for rows in reps]
+        table[arm] = {m: np.stack([t[m] for t, _, _ in per_rep]) for m in per_rep[0][0]}
+        # the judge's label distribution over all samples of the arm, most common first
+        labels = {k: np.concatenate([lab[k] for _, lab, _ in per_rep]) for k in judges}
+        total = sum(map(len, reps))
+        dist = {k: {str(v): c / total for v, c in Counter(lab).most_common()} for k, lab in labels.items()}
+        annotated = any((r['annotation'] or '').strip() for rows in reps for r in rows)
+        arms[arm] = dict(paths=paths[arm], replicates=len(reps), samples=total,
+                         samples_per_prompt=total / len(reps) / len(pids), annotated=annotated, labels=dist)
+        if annotated:  # the corpus entropy at this arm's (most common) number of samples per prompt
+            n = per_rep[0][2]
+            for k in ref['cat_keys']:
+                prior[k]['same_n'][arm] = dict(n=n, entropy=ref['prior_h'](k, n))
+    return table, arms, len(pids)
+
+
+def main():
+    data, paths = load_samples(samples)
+    meta, heldout, words = load_data(data_dir)
+    cat_keys = list(meta['categorical_keys'])
+    known = [f'entropy_{k}' for k in cat_keys] + list(BASE_DIVERSITY)
+    heads = check_config_values() or list(dict.fromkeys([known[0], 'dissimilarity']))
+    bad = [h for h in heads if h not in known]
+    if bad:
+        raise UserError(f"headline metric '{bad[0]}' is not one of: {', '.join(known)}")
+    anchored = [a for a in split_list(anchored_arms) if a in data]
+    controls = [c for c in split_list(control_arms) if c in data] if base_arm in data else []
     rng, notes = np.random.default_rng(seed), []
     model = load_embedder()
     judges, judge_stats = build_judges(model, heldout, cat_keys, rng, notes)
@@ -302,41 +424,22 @@ def main():
             raise UserError(f"headline metric '{missing[0]}' has no judge (too few values in heldout.jsonl)")
         heads = [h for h in heads if h in div_metrics] or ['dissimilarity']
     ref, prior = corpus_reference(meta, heldout, words, cat_keys, rng)
-
-    # per-prompt metrics of every arm
-    pids = sorted({r['prompt_id'] for r in next(iter(data.values()))}, key=str)
-    table, arms = {}, {}
-    for arm, rows in data.items():
-        emb = embed(model, [content(r['text'], ref['opening']) for r in rows])
-        labels = {k: clf.predict(emb) for k, clf in judges.items()}
-        annotated = any((r['annotation'] or '').strip() for r in rows)
-        by_prompt = {}
-        for i, r in enumerate(rows):
-            by_prompt.setdefault(r['prompt_id'], []).append(i)
-        per = [prompt_metrics([rows[i] for i in ix], emb[ix], {k: list(v[ix]) for k, v in labels.items()},
-                              ref, annotated)
-               for ix in (by_prompt[p] for p in pids)]
-        table[arm] = {m: np.array([d[m] for d in per]) for m in per[0]}
-        # the judge's label distribution over all samples of the arm, most common first
-        dist = {k: {str(v): c / len(rows) for v, c in Counter(lab).most_common()} for k, lab in labels.items()}
-        arms[arm] = dict(path=paths[arm], samples=len(rows), samples_per_prompt=len(rows) / len(pids),
-                         annotated=annotated, labels=dist)
-        if annotated:  # the corpus entropy at this arm's (most common) number of samples per prompt
-            n = Counter(len(v) for v in by_prompt.values()).most_common(1)[0][0]
-            for k in cat_keys:
-                prior[k]['same_n'][arm] = dict(n=n, entropy=ref['prior_h'](k, n))
-    point, boot = summarize(table, len(pids))
+    table, arms, n_prompts = measure_arms(model, judges, ref, data, paths, prior)
+    st = summarize(table)
     for a in arms:
-        arms[a]['metrics'] = {m: dict(mean=point[a][m], ci=ci95(boot[a][m])) for m in point[a]}
-    coll = collapse_table(point, boot, div_metrics, anchored, notes)
-    h = coll.get(heads[0], {})
-    hl = dict(metrics=heads, sentences=headline(coll, heads, anchored),
-              collapse_ratio=h.get('ratio', {}).get(anchored[0]), gap_closed=h.get('gap', {}).get(anchored[0]))
-    rep = dict(prompts=len(pids), headline=hl, arms=arms, collapse=coll, judge=judge_stats, prior=prior,
-               cat_keys=cat_keys, sft_key=ref['sft_key'], sft_values=sorted(ref['sft_values']), notes=notes,
-               config=dict(config, anchored_arms=anchored))
+        arms[a]['metrics'] = {m: dict(mean=st.point[a][m], ci=ci95(st.boot[a][m]),
+                                      seeds=[float(v) for v in st.seeds[a][m]]) for m in st.point[a]}
+    comp = comparisons(st, div_metrics, anchored, controls)
+    narrow = narrowing(st)
+    frontier = matched_quality(st, heads, anchored, controls)
+    hl = dict(metrics=heads, arm=anchored[0] if anchored else None, controls=controls, narrowing=narrow,
+              sentences=headline(comp, narrow, heads, anchored, controls))
+    rep = dict(prompts=n_prompts, headline=hl, arms=arms, collapse=collapse_table(st, div_metrics, notes),
+               comparisons=comp, matched_quality=frontier, judge=judge_stats, prior=prior, cat_keys=cat_keys,
+               sft_key=ref['sft_key'], sft_values=sorted(ref['sft_values']), notes=notes, environment=environment(),
+               config=dict(config, anchored=anchored, controls=controls))
     md = render_md(rep, div_metrics, heads)
-    png = plot_png({a: (point[a]['quality'], point[a][heads[0]]) for a in arms}, heads[0])
+    png = plot_png({a: (st.point[a]['quality'], st.point[a][heads[0]]) for a in arms}, heads[0])
     # everything is computed before the first write; each file is replaced atomically
     write_json(os.path.join(out_dir, 'report.json'), jsonable(rep))
     write_text(os.path.join(out_dir, 'report.md'), md)

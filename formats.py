@@ -9,7 +9,6 @@ sequences of every stage with their loss masks (DESIGN.md section 4).
                           loss on y <|end|>; in key rows also on the keys and delimiters of z
 """
 import base64
-import hashlib
 import json
 import os
 import re
@@ -17,7 +16,7 @@ import re
 import numpy as np
 import tiktoken
 
-from common import UserError, read_json, write_json
+from common import UserError, digest, read_json, write_json
 
 BOS, ANN, TEXT, USER, ASSISTANT, END = SPECIALS = (
     '<|bos|>', '<|ann|>', '<|text|>', '<|user|>', '<|assistant|>', '<|end|>')
@@ -96,10 +95,7 @@ def load_meta(data_dir):
 
 def fingerprint(*parts):
     """A short stable hash of JSON-able parts (tokenizer, corpus, config)."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+    return digest(*(json.dumps(p, sort_keys=True, default=str) for p in parts))
 
 
 # -----------------------------------------------------------------------------

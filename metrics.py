@@ -124,6 +124,39 @@ def ci95(boot):
     return [float(np.percentile(x, 2.5, method='lower')), float(np.percentile(x, 97.5, method='higher'))]
 
 
+# -----------------------------------------------------------------------------
+# the two-level bootstrap: a figure's uncertainty includes training (the replicates: seeds), not
+# only the sampling of prompts
+
+def bootstrap_draws(replicates, n_prompts, resamples, rng):
+    """Index draws of the two-level bootstrap, for every number of replicates R among the arms:
+    (seed ids (B, R), prompt ids (B, R, P)), the replicates resampled with replacement, then the
+    prompts within each resampled replicate. Arms with the same R share their draws, and every arm
+    takes the prompt draws of the first R slots, so that differences between arms keep their pairing
+    by replicate (seed k of every arm) and by prompt."""
+    prompts = rng.integers(0, n_prompts, size=(resamples, max(replicates), n_prompts))
+    return {r: (rng.integers(0, r, size=(resamples, r)), prompts[:, :r]) for r in sorted(set(replicates))}
+
+
+def bootstrap_means(values, draws):
+    """values (R, P), one row per replicate and one column per prompt -> the (B,) bootstrap
+    resamples of their mean, with the draws of bootstrap_draws."""
+    values = np.asarray(values, dtype=float)
+    seeds, prompts = draws[len(values)]
+    return values[seeds[:, :, None], prompts].mean(axis=(1, 2))
+
+
+def derived(fn, point, boot, seeds):
+    """A figure computed from the means of several arms (fn(*arm means), e.g. gap_closed of base,
+    control and anchored): its value, its 95% CI over the bootstrap resamples, and its value per
+    replicate where all the arms have the same number of replicates (else None). point, boot, seeds:
+    one entry per argument of fn."""
+    per = None
+    if len({len(s) for s in seeds}) == 1:
+        per = [float(v) for v in np.atleast_1d(fn(*(np.asarray(s, dtype=float) for s in seeds)))]
+    return dict(value=float(fn(*point)), ci=ci95(fn(*boot)), seeds=per)
+
+
 def expected_entropy(counts, n, rng, reps=2000):
     """Mean entropy (bits) of n draws from the distribution `counts`. With n samples per prompt the
     label entropy can never exceed log2(n), so sampled annotations are compared with n corpus draws."""

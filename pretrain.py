@@ -9,6 +9,7 @@ Both arms use the same iterations, batch and block size, so compute is matched a
 tokens *replace* content tokens (paper, section 3: annotated pretraining).
 """
 import os
+from functools import partial
 
 import numpy as np
 import torch
@@ -16,8 +17,8 @@ import torch
 from common import UserError, main_guard
 from formats import load_meta, token_stream
 from model import GPT, GPTConfig
-from training import (SCHEDULES, check_meta, check_model_config, check_training_config, load_checkpoint,
-                      model_from_checkpoint, padded_vocab, resume_state, setup_device, train)
+from training import (SCHEDULES, check_meta, check_model_config, check_training_config, load_checkpoint, lr_multiplier,
+                      model_from_checkpoint, padded_vocab, peak_flops, resume_state, sampled_evals, setup_device, train)
 
 # -----------------------------------------------------------------------------
 # default config (GPU-ish sizes live in config/; config/small.py is the laptop run)
@@ -101,7 +102,7 @@ def check_resume(ckpt, model_args):
 
 def main():
     check_model_config(config)
-    check_training_config(config, positive=('batch_size', 'max_iters', 'eval_interval'),
+    check_training_config(config, positive=('batch_size', 'max_iters', 'eval_interval', 'eval_iters'),
                           nonneg=('learning_rate', 'matrix_lr', 'warmup_iters'),
                           fractions=('warmdown_frac', 'final_lr_frac'),
                           choices=dict(optimizer=('muon', 'adamw'), lr_schedule=SCHEDULES,
@@ -140,8 +141,14 @@ def main():
               f" {gradient_accumulation_steps * batch_size * block_size:,} tokens")
     extra = dict(stage='pretrain', model_args=model_args, config=config, annotated=annotated,
                  meta_fingerprint=meta['fingerprint'], data_dir=data_dir)
-    cfg = dict(config, desc=f"pretrain {'annotated' if annotated else 'plain'}")
-    train(model, opt, make_get_batch(env['device']), cfg, env, state, extra)
+    get_batch = make_get_batch(env['device'])
+    lr_at = partial(lr_multiplier, max_iters=max_iters, warmup_iters=warmup_iters, schedule=lr_schedule,
+                    warmdown_frac=warmdown_frac, final_lr_frac=final_lr_frac)
+    train(model, opt, get_batch, sampled_evals(get_batch, ('train', 'val'), eval_iters), env, state, extra,
+          out_dir=out_dir, max_iters=max_iters, lr_at=lr_at, eval_interval=eval_interval, log_interval=log_interval,
+          accum=gradient_accumulation_steps, grad_clip=grad_clip, seed=seed, dtype=dtype, compile=compile,
+          peak_flops=peak_flops(env['device_type'], cpu_peak_flops), progress=progress,
+          desc=f"pretrain {'annotated' if annotated else 'plain'}")
     if env['ddp']:
         torch.distributed.destroy_process_group()
 

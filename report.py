@@ -4,6 +4,7 @@ markdown report (competence first, then diversity and collapse) and the plots.
 """
 import io
 import math
+import os
 
 import numpy as np
 
@@ -24,20 +25,56 @@ def pct(x):
     return 'n/a' if x is None or not math.isfinite(x) else f'{100 * x:.0f}%'
 
 
-def headline_sentence(metric, ratio, ratio_ci, gap, gap_ci, c_sft, c_anch, arm='anchored'):
-    """The paper's headline ("~6x less collapse, ~85% of the gap closed"), with a plain caveat
-    wherever the numbers do not say that anchoring helps, so the sentence is never misleading."""
-    s = (f"{arm} shows {fmt(ratio, 1)}x [{fmt(ratio_ci[0], 1)}, {fmt(ratio_ci[1], 1)}] less collapse than SFT "
-         f"on {metric} (gap closed: {pct(gap)} [{pct(gap_ci[0])}, {pct(gap_ci[1])}])")
-    if not c_sft > 0:
-        s += f". SFT shows no collapse on {metric} at this scale, so the ratio says nothing about anchoring"
-    elif not c_anch > 0:
-        s += f". {arm} shows no collapse at all on {metric} (diversity at or above base); read gap closed"
-    elif ratio < 1:
-        s += f". The effect is reversed at this scale: {arm} collapses more than SFT"
-    elif ratio_ci[0] <= 1 <= ratio_ci[1]:
-        s += ". The effect is weak at this scale: the 95% CI of the ratio includes 1"
+def signed(x, nd=3):
+    return fmt(x, nd) if x is None or not math.isfinite(x) or x < 0 else '+' + fmt(x, nd)
+
+
+def pts(x):
+    """A difference of two shares in percentage points."""
+    return 'n/a' if x is None or not math.isfinite(x) else f'{100 * x:+.0f} pts'
+
+
+def ratio_x(x):
+    return fmt(x, 1) + ('x' if x is not None and math.isfinite(x) else '')
+
+
+def with_ci(d, f=fmt):
+    """{'value' or 'mean': x, 'ci': [lo, hi]} -> 'x [lo, hi]'; None -> 'n/a'."""
+    return 'n/a' if d is None else f"{f(d.get('value', d.get('mean')))} [{f(d['ci'][0])}, {f(d['ci'][1])}]"
+
+
+def per_seed(d, f=fmt, sep=' / '):
+    """The value of every replicate, '(a / b / c)'; '' for one replicate or none."""
+    seeds = (d or {}).get('seeds') or []
+    return f"({sep.join(f(s) for s in seeds)})" if len(seeds) > 1 else ''
+
+
+def includes(ci, x=0.0):
+    return ci[0] <= x <= ci[1] if all(map(math.isfinite, ci)) else True
+
+
+def headline_sentence(metric, arm, control, fig):
+    """One comparison of the headline, difference and gap closed first, the collapse ratio beside
+    them, with a plain caveat wherever the numbers do not say that anchoring helps."""
+    d, g, r = fig['diff'], fig['gap'], fig['ratio']
+    s = (f"{arm} vs {control} on {metric}: difference {signed(d['value'])} [{signed(d['ci'][0])}, "
+         f"{signed(d['ci'][1])}], gap closed {with_ci(g, pct)}, collapse ratio {ratio_x(r['value'])} "
+         f"[{fmt(r['ci'][0], 1)}, {fmt(r['ci'][1], 1)}]")
+    if includes(d['ci']):
+        s += ". The CI of the difference includes 0: no difference is resolved"
+    elif d['value'] < 0:
+        s += f". Reversed: {arm} is less diverse than {control}"
+    if not fig['control_collapse']['value'] > 0:
+        s += f". {control} does not collapse on {metric} (at or above base), so gap closed and the ratio say nothing"
+    elif includes(fig['arm_collapse']['ci']) or fig['arm_collapse']['value'] <= 0:
+        s += f". {arm}'s own collapse is near zero or below, so the ratio is ill-conditioned: read the difference"
     return s + '.'
+
+
+def narrowing_sentence(narrow, arms):
+    """Topic narrowing of the named arms, with CIs."""
+    parts = [f"{a} {pts(narrow[a]['value'])} [{pts(narrow[a]['ci'][0])}, {pts(narrow[a]['ci'][1])}]" for a in arms]
+    return "topic narrowing, sft_share(arm) - sft_share(base): " + ', '.join(parts) + '.'
 
 
 def plot_png(points, metric):
@@ -85,9 +122,9 @@ def jsonable(x):
     return x.item() if isinstance(x, np.generic) else x
 
 
-def with_ci(d, f=fmt):
-    """{'value' or 'mean': x, 'ci': [lo, hi]} -> 'x [lo, hi]'; None -> 'n/a'."""
-    return 'n/a' if d is None else f"{f(d.get('value', d.get('mean')))} [{f(d['ci'][0])}, {f(d['ci'][1])}]"
+def cell(d, f=fmt):
+    """A mean and, for several replicates, the value of each: '76% (74% / 78% / 76%)'."""
+    return f"{f(d['mean'])} {per_seed(d, f)}".strip()
 
 
 def competence_rows(rep):
@@ -99,7 +136,7 @@ def competence_rows(rep):
     rows = []
     for a, r in rep['arms'].items():
         mt = r['metrics']
-        cells = [form[c](mt[c]['mean']) if c in mt else '-' for c in cols]
+        cells = [cell(mt[c], form[c]) if c in mt else '-' for c in cols]
         labels = r.get('labels', {}).get(sft_key) or {}
         top = ', '.join(f"{v} {pct(p)}" for v, p in list(labels.items())[:3])
         rows.append(f"| {a} | {' | '.join(cells)} | {top or '-'} |")
@@ -109,66 +146,117 @@ def competence_rows(rep):
             + rows)
 
 
+def header_lines(rep):
+    """What the figures are of: prompts, replicates, data, embedder, the CIs, the machine."""
+    cfg, env = rep['config'], rep.get('environment') or {}
+    reps = ', '.join(f"{a} {r['replicates']}" for a, r in rep['arms'].items())
+    return ['# Diversity report', '',
+            f"{rep['prompts']} prompts; replicates (training seeds) per arm: {reps}; data `{cfg['data_dir']}`; "
+            f"embedder `{cfg['embedder']}`. Brackets: 95% CI of a two-level bootstrap ({cfg['bootstrap']} "
+            "resamples of the replicates, then of the prompts within each), so it holds the variance of training, "
+            "not only of sampling; parentheses: the value of each replicate. Every diversity metric: higher = "
+            "more diverse.", '',
+            f"Environment of this report: torch {env.get('torch')}, Python {env.get('python')}, "
+            f"{env.get('gpu') or env.get('cpu')} ({env.get('cores')} cores), {env.get('platform')}.", '']
+
+
+def headline_lines(rep):
+    """The headline: sentences, then every anchored arm against every control, then narrowing."""
+    hl, comp = rep['headline'], rep['comparisons']
+    L = ['## Headline', ''] + [f"- **{s}**" for s in hl['sentences']]
+    if hl['controls']:
+        L += ['', '| arm | control | metric | difference | gap closed | collapse ratio | difference per seed |',
+              '|---|---|---|---|---|---|---|']
+        for m in hl['metrics']:
+            for a, per in comp[m].items():
+                for c, f in per.items():
+                    L.append(f"| {a} | {c} | {m} | {with_ci(f['diff'], signed)} | {with_ci(f['gap'], pct)} | "
+                             f"{with_ci(f['ratio'], fmt2)} | {per_seed(f['diff'], signed)} |")
+    if hl['narrowing']:
+        L += ['', "Topic narrowing = sft_share(arm) - sft_share(base), how far SFT pulled an arm's samples toward "
+              "the SFT set's own topics:", '', '| arm | topic narrowing | per seed |', '|---|---|---|']
+        L += [f"| {a} | {with_ci(n, pts)} | {per_seed(n, pts)} |" for a, n in hl['narrowing'].items()]
+    return L + ['']
+
+
+def collapse_lines(rep, heads):
+    """collapse(m) of every arm on every diversity metric, with CIs for the headline metrics."""
+    base = rep['config']['base_arm']
+    others = [a for a in rep['arms'] if a != base]
+    L = ['## Collapse', '', 'collapse(m) = (D_base - D_m) / D_base (negative: more diverse than base); gap closed '
+         '= (D_arm - D_control) / (D_base - D_control); collapse ratio = collapse(control) / collapse(arm).', '',
+         f"| metric | D {base} | {' | '.join(f'collapse {a}' for a in others)} |", '|---' * (len(others) + 2) + '|']
+    for m, row in rep['collapse'].items():
+        cs = [with_ci(row['collapse'][a]) if m in heads else fmt(row['collapse'][a]['value']) for a in others]
+        L.append(f"| {m} | {fmt(row['values'][base])} | {' | '.join(cs)} |")
+    return L + ['']
+
+
+def frontier_lines(rep):
+    """The temperature sweep at matched quality: an anchored arm's diversity minus a control's at the
+    same quality, interpolated along the control's temperature curve (n/a outside its range)."""
+    fr = rep.get('matched_quality') or {}
+    if not fr:
+        return []
+    L = ['## The temperature sweep at matched quality', '',
+         "At each temperature of an anchored arm: its diversity minus the control's at the same quality, read off "
+         "the control's own temperature curve (linear between its temperatures; n/a outside them). Positive: "
+         "a better diversity-quality frontier (paper).", '',
+         '| metric | arm | control | temperature | quality of arm | difference at matched quality | per seed |',
+         '|---|---|---|---|---|---|---|']
+    for m, per_arm in fr.items():
+        for a, per_control in per_arm.items():
+            for c, rows in per_control.items():
+                L += [f"| {m} | {a} | {c} | {r['temperature']:g} | {pct(r['quality'])} | "
+                      f"{with_ci(r['diff'], signed)} | {per_seed(r['diff'], signed)} |" for r in rows]
+    return L + ['']
+
+
+def annotation_lines(rep):
+    """Per arm that samples annotations: the entropy of its sampled values against the corpus's."""
+    L = []
+    for (a, r), (k, pr) in ((ar, kp) for ar in rep['arms'].items() for kp in rep['prior'].items()):
+        mt = r['metrics']
+        if a in pr['same_n']:
+            fid = mt.get(f'fidelity_{k}')
+            L.append(f"- {a}, {k}: sampled annotations {fmt2(mt[f'ann_entropy_{k}']['mean'])} bits per prompt "
+                     f"vs {fmt2(pr['same_n'][a]['entropy'])} bits for {pr['same_n'][a]['n']} draws from the corpus "
+                     f"(corpus entropy {fmt2(pr['corpus_entropy'])} bits over {pr['docs']} docs); prior kept "
+                     f"{with_ci(mt[f'prior_kept_{k}'], fmt2)}; {pct(mt[f'ann_valid_{k}']['mean'])} of the sampled "
+                     f"values are {k} labels of the corpus"
+                     + (f"; the judge agrees with the sampled {k} in {with_ci(fid, pct)} of samples" if fid else ''))
+    if not L:
+        return []
+    return ['## Annotation prior and fidelity (arms that sample annotations)', '',
+            'prior kept = per-prompt entropy of the sampled values / mean entropy of as many draws from the corpus '
+            'distribution (1 = as diverse as the pretraining prior; n samples cap entropy at log2 n).', ''] + L + ['']
+
+
 def render_md(rep, div_metrics, heads):
     """report.md: headline, competence, diversity per arm, collapse, judge, annotation details."""
-    cfg, arms, coll = rep['config'], rep['arms'], rep['collapse']
-    base, sft = cfg['base_arm'], cfg['sft_arm']
-    L = ['# Diversity report', '', f"{rep['prompts']} prompts; data `{cfg['data_dir']}`; embedder "
-         f"`{cfg['embedder']}`; brackets: 95% bootstrap CI over prompts ({cfg['bootstrap']} resamples). Every "
-         "diversity metric: higher = more diverse.", '', '## Headline', '']
-    L += [f"- **{s}**" for s in rep['headline']['sentences']] + ['']
+    L = header_lines(rep) + headline_lines(rep)
     L += ['## Competence (read this before the headline)', '',
           "fluency: share of generated words that occur in the pretraining corpus; format: starts with the SFT "
           "format's first line; quality: in format and finished; sft_share: share of samples the judge puts in the "
           f"SFT set's values {rep['sft_values']}; for arms that sample annotations: share of valid label values, "
           "prior kept (1 = as diverse as the corpus) and fidelity (the judge agrees with the sampled value).", '']
     L += competence_rows(rep)
-    cols = div_metrics + ['format_rate', 'finish_rate', 'quality', 'mean_tokens']
-    head = heads[0]
-    L += ['', '## Arms', '', f"| arm | samples/prompt | {' | '.join(cols)} | collapse ({head}) |",
-          '|---' * (len(cols) + 3) + '|']
-    for a, r in arms.items():
-        cells = [with_ci(r['metrics'][m]) if m in heads else fmt(r['metrics'][m]['mean']) for m in cols]
-        c = coll.get(head, {}).get('collapse', {}).get(a)
-        c = None if c is None else c['value']
-        L.append(f"| {a} | {r['samples_per_prompt']:g} | {' | '.join(cells)} | {fmt(c)} |")
-    if coll:
-        others = [a for a in arms if a != base]
-        anchored = cfg['anchored_arms']
-        L += ['', '## Collapse', '', f'collapse(m) = (D_base - D_m) / D_base; collapse_ratio = collapse({sft}) / '
-              f'collapse(anchored); gap_closed = (D_anchored - D_{sft}) / (D_base - D_{sft})', '',
-              f"| metric | D base | {' | '.join(f'collapse {a}' for a in others)} | "
-              + ' | '.join(f'collapse_ratio {a} | gap_closed {a}' for a in anchored) + ' |',
-              '|---' * (len(others) + 2 + 2 * len(anchored)) + '|']
-        for m, row in coll.items():
-            cs = [fmt(row['collapse'][a]['value']) for a in others]
-            rg = [f"{with_ci(row.get('ratio', {}).get(a), fmt2)} | {with_ci(row.get('gap', {}).get(a), pct)}"
-                  for a in anchored]
-            L.append(f"| {m} | {fmt(row['values'][base])} | {' | '.join(cs)} | {' | '.join(rg)} |")
-    L += ['', '## Judge (trained and tested on held-out corpus documents, never on model samples)', '',
+    cols = div_metrics + ['finish_rate', 'mean_tokens']
+    L += ['', '## Arms', '', f"| arm | samples/prompt | {' | '.join(cols)} |", '|---' * (len(cols) + 2) + '|']
+    for a, r in rep['arms'].items():
+        cells = [f"{with_ci(r['metrics'][m])} {per_seed(r['metrics'][m])}".strip() if m in heads
+                 else fmt(r['metrics'][m]['mean']) for m in cols]
+        L.append(f"| {a} | {r['samples_per_prompt']:g} | {' | '.join(cells)} |")
+    L += [''] + (collapse_lines(rep, heads) if rep['collapse'] else []) + frontier_lines(rep)
+    L += ['## Judge (trained and tested on held-out corpus documents, never on model samples)', '',
           '| key | classes | train docs | test docs | accuracy | majority baseline |', '|---|---|---|---|---|---|']
     for k, j in rep['judge'].items():
         L.append(f"| {k} | {j['classes']} | {j['train_docs']} | {j['test_docs']} | {fmt(j.get('accuracy'))} | "
                  f"{fmt(j.get('majority_baseline'))} ({j.get('majority_class', 'n/a')}) |")
-    ann = []
-    for (a, r), (k, pr) in ((ar, kp) for ar in arms.items() for kp in rep['prior'].items()):
-        mt = r['metrics']
-        if a in pr['same_n']:
-            fid = mt.get(f'fidelity_{k}')
-            ann.append(f"- {a}, {k}: sampled annotations {fmt2(mt[f'ann_entropy_{k}']['mean'])} bits per prompt "
-                       f"vs {fmt2(pr['same_n'][a]['entropy'])} bits for {pr['same_n'][a]['n']} draws from the corpus "
-                       f"(corpus entropy {fmt2(pr['corpus_entropy'])} bits over {pr['docs']} docs); prior kept "
-                       f"{with_ci(mt[f'prior_kept_{k}'], fmt2)}; {pct(mt[f'ann_valid_{k}']['mean'])} of the sampled "
-                       f"values are {k} labels of the corpus"
-                       + (f"; the judge agrees with the sampled {k} in {with_ci(fid, pct)} of samples" if fid else ''))
-    if ann:
-        L += ['', '## Annotation prior and fidelity (arms that sample annotations)', '',
-              'prior kept = per-prompt entropy of the sampled values / mean entropy of as many draws from the '
-              'corpus distribution (1 = as diverse as the pretraining prior; n samples cap entropy at log2 n).',
-              ''] + ann
+    L += [''] + annotation_lines(rep)
     if rep['notes']:
-        L += ['', '## Notes', ''] + [f'- {n}' for n in rep['notes']]
-    return '\n'.join(L) + '\n'
+        L += ['## Notes', ''] + [f'- {n}' for n in rep['notes']]
+    return '\n'.join(L).rstrip('\n') + '\n'
 
 
 def line_plot(path, series, xlabel, ylabel, logx=False):
@@ -187,3 +275,69 @@ def line_plot(path, series, xlabel, ylabel, logx=False):
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120), 'wb')  # makes the dir, too
     plt.close(fig)
+
+
+ENTROPY_HEADER = "## Collapse against the SFT set's semantic entropy"
+
+
+def entropy_section(rep, ents, ks, report_dir):
+    """Collapse against the semantic entropy of the SFT set (ents: bits of the k-topic sets), per
+    headline metric (paper: SFT's output entropy tracks its data's entropy; anchored is nearly
+    invariant); one table and one plot per metric."""
+    L = [ENTROPY_HEADER]
+    for metric in rep['headline']['metrics']:
+        coll = rep['collapse'][metric]['collapse']
+        series = {m: [(e, coll[f'{m}-k{k}']['value']) for e, k in zip(ents, ks)] for m in ('sft', 'anchored')}
+        L += ['', f'Collapse on {metric}:', '',
+              '| topics k | SFT-set entropy (bits) | collapse sft | collapse anchored |', '|---|---|---|---|']
+        L += [f"| {k} | {e:.2f} | {with_ci(coll[f'sft-k{k}'])} | {with_ci(coll[f'anchored-k{k}'])} |"
+              for e, k in zip(ents, ks)]
+        line_plot(os.path.join(report_dir, f'entropy_sweep_{metric}.png'), series,
+                  'semantic entropy of the SFT set (bits)', f'collapse on {metric}')
+        L += ['', f'![entropy sweep, {metric}](entropy_sweep_{metric}.png)']
+    return '\n'.join(L) + '\n'
+
+
+def scaling_section(reps, params, report_dir):
+    """Every diversity metric against parameters, one line per arm (the paper's scaling figure),
+    the metrics of every size and arm, and the comparisons on the headline metrics per size."""
+    first = next(iter(reps.values()))
+    metrics = list(first['collapse'])
+    arms = [a for a in first['arms'] if a in ('base', 'sft', 'sft-replay', 'anchored', 'anchored-mask')]
+    for m in metrics:
+        series = {a: [(params[s], reps[s]['arms'][a]['metrics'][m]['mean']) for s in reps] for a in arms}
+        line_plot(os.path.join(report_dir, f'scaling_{m}.png'), series, 'parameters', m, logx=True)
+    L = ['# Scaling: diversity against model size', '',
+         '| size | params | arm | ' + ' | '.join(metrics) + ' | quality |', '|---' * (len(metrics) + 4) + '|']
+    for s, rep in reps.items():
+        for a in arms:
+            mt = rep['arms'][a]['metrics']
+            L.append(f"| {s} | {params[s] / 1e6:.2f}M | {a} | " + ' | '.join(fmt(mt[m]['mean']) for m in metrics)
+                     + f" | {pct(mt['quality']['mean'])} |")
+    for m in first['headline']['metrics']:
+        L += ['', f'On {m} (a headline metric), 95% CIs over seeds and prompts:', '',
+              '| size | arm | control | difference | gap closed | collapse ratio |', '|---' * 6 + '|']
+        for s, rep in reps.items():
+            for a, per in rep['comparisons'][m].items():
+                for c, f in per.items():
+                    L.append(f"| {s} | {a} | {c} | {with_ci(f['diff'], signed)} | {with_ci(f['gap'], pct)} | "
+                             f"{with_ci(f['ratio'], fmt2)} |")
+    return '\n'.join(L + [''] + [f'![{m}](scaling_{m}.png)' for m in metrics] + [''])
+
+
+RUN_HEADER = '## How this study ran'
+
+
+def run_section(run):
+    """How the study ran: its config, seeds, parallelism, the machine and the stage times."""
+    env = run['environment']
+    times = ', '.join(f'{k} {v:.0f}s' for k, v in run['stage_seconds'].items()) or 'none (all up to date)'
+    return '\n'.join([
+        RUN_HEADER, '',
+        f"Config files: {', '.join(run['config_files'])}; seeds {run['seeds']} (ablations {run['ablation_seeds']}), "
+        f"pretraining pairs {run['pretrain_seeds']}; {run['jobs']} stage(s) at a time with {run['threads_per_stage']} "
+        f"torch thread(s) each, {run['nproc']} process(es) per training stage.",
+        f"Machine: {env['gpu'] or env['cpu']}, {env['cores']} cores, torch {env['torch']}, Python {env['python']}, "
+        f"{env['platform']}. Training on a CPU repeats exactly on one machine, not across machines: another "
+        "machine's run is expected inside the CIs above, not at the same digits.",
+        f"Wall time of this invocation: {run['wall_seconds']} s; stages run: {times}.", ''])

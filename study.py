@@ -1,323 +1,320 @@
 """
-The controlled experiment in one command: annotate, both pretrainings, the post-trainings, sampling
-and the diversity report, for the arms of the paper's study (DESIGN.md section 1.5):
+The controlled experiment in one command: annotate, both pretrainings, the post-training of every
+arm at every seed, sampling and the diversity report.
 
     base              plain pretraining, unconditional samples (the diversity reference)
     annotated-base    annotated pretraining, unconditional samples (annotation, then text)
-    sft               plain pretraining + standard SFT
-    anchored          annotated pretraining + anchored SFT as the config sets it (config/small.py: with
-                      prior distillation and replay, DESIGN.md 1.8), annotation sampled first: the headline arm
-    anchored-mask     the same with the paper's plain masking (anchor_prior=mask, no replay): the paper-faithful arm
-    anchored-plain    ablation: anchored SFT (masking) on the plain pretrained model
-    anchored-noann    ablation: the anchored model with an empty annotation (--no_annotation)
+    sft               plain pretraining + standard SFT: the paper's baseline
+    sft-replay        the same + everything the anchored arm gets besides the annotation (replay of
+                      pretraining documents, from the plain stream, and its learning rate): the fair control
+    anchored          annotated pretraining + anchored SFT as the config sets it, annotation sampled
+                      first: the headline arm
+    anchored-noann    ablation: the anchored model with an empty annotation (sample.py --no_annotation)
     anchored-prior    the anchored model, its annotation drawn from the annotated *pretrained* model,
-                      i.e. from the prior R(z) that anchored SFT means to keep (sample.py --annotation_from)
+                      i.e. from the prior R(z) that anchored SFT means to keep
+    anchored-mask     anchored SFT with the paper's plain masking only: the paper-faithful arm
+    anchored-plain    ablation: anchored SFT (masking) on the plain pretrained model (no prior to keep)
 
     python study.py config/small.py                                  # runs/small.sh: the laptop study
-    python study.py config/small.py --temperatures=0.6,0.8,1.0,1.1   # + temperature sweep (sft, anchored)
+    python study.py config/small.py --temperatures=0.6,0.8,1.0,1.1   # + sft, sft-replay, anchored at each
     python study.py config/small.py --sft_topic_counts=1,2,4,8 --out_root=out/entropy   # SFT-set entropy
     python study.py config/small.py --sizes='xs:--n_layer=2 --n_embd=64 --n_head=2;s:' --out_root=out/scaling
+    python study.py config/small.py --variants='sft-lr0.1:--method=sft --replay_rows=0 --sft_lr_frac=0.1'
+    python study.py config/simplestories.py config/gpt_l6.py --nproc=8     # a data config, a model config
 
-Every stage runs as its own script with the config file named on the command line; the study's own
-keys below can be set in that file too. A stage whose outputs exist and whose stamp (its command,
-the config file, its script, the shared modules and the stamps of its inputs) is unchanged is
-skipped, so a re-run only redoes what changed. Prints report.md at the end.
+A figure is a result only when its uncertainty includes training: every arm is post-trained and
+sampled once per seed (replicate k uses seed + k), from the same pretrained pair, and the report's
+CIs resample the seeds, then the prompts. The two ablations with an SFT of their own run at
+ablation_seeds. pretrain_seeds > 1 also repeats the pretraining pair: replicate k then starts from
+pretraining pair k // seeds (runs/seeds.sh: one post-training per pretraining, so that the
+replicates are independent). Every stage runs as its own script with the config files named on the
+command line (stages.py: skipped when its outputs and stamp are unchanged). Prints report.md.
 """
-import hashlib
-import json
 import os
-import subprocess
 import sys
 import time
 
-from common import UserError, check_config, check_out_dir, main_guard, read_json, write_json, write_text
-from report import line_plot
+from common import (UserError, check_config, check_out_dir, environment, main_guard, read_json, split_list, write_json,
+                    write_text)
+from report import ENTROPY_HEADER, RUN_HEADER, entropy_section, run_section, scaling_section
+from stages import Stage, Stages
 
 # -----------------------------------------------------------------------------
-config_file = 'config/small.py'  # the config every stage runs with (the one named on the command line)
 out_root = 'out/small'
+report_dir = ''  # '' = out_root/report; another name keeps a sweep's report (runs/sft_recipes.sh) beside the study's
 data_name = 'wiki'  # data dir name (annotate.py's --name) under data_root
 data_root = 'data'
-num_samples = 32  # per eval prompt and arm
+num_samples = 32  # per eval prompt, arm and seed
 max_new_tokens = 128
 temperature = 1.0
-temperatures = ''  # e.g. '0.6,0.8,1.0,1.1': sft and anchored also sampled at these (diversity-quality plot)
+seeds = 1  # post-training and sampling seeds of every arm (config/small.py: 3)
+ablation_seeds = 1  # seeds of anchored-mask and anchored-plain, the ablations with an SFT of their own
+pretrain_seeds = 1  # pretraining pairs; replicate k starts from pair k // seeds
+seed = 1337  # replicate k trains and samples with seed + k, its pretraining pair with seed + k // seeds
+temperatures = ''  # e.g. '0.6,0.8,1.0,1.1': sft, sft-replay and anchored also sampled at these (frontier)
+variants = ''  # extra post-training runs 'name:args;name:args' from the study's pretrained models, each sampled
+#                at every seed (the SFT-recipe sweep); a name starting with 'anchored' is compared like one
 sft_topic_counts = ''  # e.g. '1,2,4,8': SFT sets allowing that many topics (collapse vs SFT-set entropy)
 sweep_topics = ''  # the sweep's topics in order, k topics = the first k; '' = the most common values of sft_key
 sweep_rows = 150  # SFT rows per sweep set: equal size, so only the semantic entropy differs
 sweep_docs = 1200  # SFT documents held out over all sweep topics
+sizes = ''  # scaling: 'name:pretrain args;name:args' (base, sft, sft-replay, anchored at each size)
 jobs = 1  # training and sampling stages that do not depend on each other run this many at a time, each
 # with cores // jobs torch threads (a small model uses 2 threads poorly: on 2 cores the two pretrainings
 # side by side at 1 thread each finish ~20% sooner than one after the other at 2 threads)
-sizes = ''  # scaling: 'name:pretrain args;name:args' (base, sft, anchored at each size; '' = one size)
+nproc = 1  # > 1: every training stage runs under torchrun with this many processes (GPUs), one at a time
 force = False  # rerun every stage
 from configurator import configure  # noqa: E402
 config = configure(globals())
-config_file = next((a for a in sys.argv[1:] if not a.startswith('--')), config_file)
+config_files = [a for a in sys.argv[1:] if not a.startswith('--')]
 # -----------------------------------------------------------------------------
 
-
-SHARED = ('model.py', 'formats.py', 'training.py', 'common.py', 'configurator.py', 'metrics.py', 'report.py')
-
-
-def sha(*parts):
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode() if isinstance(p, str) else p)
-    return h.hexdigest()[:16]
-
-
-def file_hash(path):
-    with open(path, 'rb') as f:
-        return sha(f.read())
-
-
-class Stages:
-    """Runs stage scripts; skips one whose outputs exist and whose stamp is unchanged."""
-
-    def __init__(self):
-        self.path = os.path.join(out_root, 'stamps.json')
-        self.stamps = read_json(self.path) if os.path.isfile(self.path) and not force else {}
-        # a stage's code is its script and the modules every stage imports
-        self.cfg_hash = sha(file_hash(config_file), *(file_hash(m) for m in SHARED))
-        self.times = {}
-
-    def run(self, name, script, args, outputs, deps=()):
-        self.run_all([(name, script, args, outputs, deps)])
-
-    def run_all(self, stages, threaded=False):
-        """Stages (name, script, args, outputs, deps), in an order where a stage follows those it
-        depends on. Each starts as soon as its deps among them have finished, `jobs` at a time, the
-        first ready one first. threaded: the scripts take --threads; with jobs > 1 each gets
-        cores // jobs threads and its output goes to out_root/logs/<name>.log."""
-        todo, new = [], {}
-        for name, script, args, outputs, deps in stages:
-            cmd = [sys.executable, script, config_file] + [str(a) for a in args]
-            log = None
-            if threaded and jobs > 1:  # (their output goes to a log: no progress bars)
-                cmd += [f'--threads={max(1, (os.cpu_count() or 1) // jobs)}', '--progress=False']
-                log = os.path.join(out_root, 'logs', f'{name}.log')
-            new[name] = sha(json.dumps(cmd[1:]), self.cfg_hash, file_hash(script),
-                            *(new.get(d, self.stamps.get(d, '')) for d in deps))
-            if self.stamps.get(name) == new[name] and all(os.path.exists(o) for o in outputs):
-                print(f"[{name}] up to date, skipped")
-            else:  # it waits for the deps that run in this call
-                todo.append((name, cmd, log, [d for d in deps if any(t[0] == d for t in todo)]))
-        waiting, running, done, failed = list(todo), {}, set(), []
-        while waiting or running:
-            ready = [t for t in waiting if all(d in done for d in t[3])]
-            while ready and len(running) < jobs and not failed:
-                name, cmd, log, _ = t = ready.pop(0)
-                waiting.remove(t)
-                print(f"[{name}] {' '.join(cmd[1:])}" + (f"  (log: {log})" if log else ''), flush=True)
-                if log:
-                    os.makedirs(os.path.dirname(log), exist_ok=True)
-                out = open(log, 'w') if log else None
-                running[name] = (subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None),
-                                 out, cmd, log, time.time())
-            if failed and not running:
-                break
-            finished = [n for n, r in running.items() if r[0].poll() is not None]
-            if not finished:
-                time.sleep(0.2)
-                continue
-            for name in finished:
-                proc, out, cmd, log, t0 = running.pop(name)
-                if out:
-                    out.close()
-                if proc.returncode != 0:
-                    failed.append(f"stage '{name}' failed (exit {proc.returncode}): {' '.join(cmd[1:])}"
-                                  + (f" (log: {log})" if log else ''))
-                    continue
-                done.add(name)
-                self.times[name] = round(time.time() - t0, 1)
-                self.stamps[name] = new[name]
-                write_json(self.path, self.stamps)  # after every stage: an interrupted study resumes here
-                if log:
-                    print(f"[{name}] done in {self.times[name]:.0f}s", flush=True)
-        if failed:
-            raise UserError('; '.join(failed))
+PAPER = ['--anchor_prior=mask', '--replay_rows=0']  # the paper's anchored SFT: z masked, nothing more
+# post-training runs: method, the pretrained model it starts from, what it changes of the config's recipe
+RUNS = {
+    'sft': ('sft', 'base', ['--replay_rows=0']),
+    'sft-replay': ('sft', 'base', []),
+    'anchored': ('anchor', 'annotated-base', []),
+    'anchored-mask': ('anchor', 'annotated-base', PAPER),
+    'anchored-plain': ('anchor', 'base', PAPER),
+}
+ABLATIONS = ('anchored-mask', 'anchored-plain')
+# sampled arms: the run (or pretrained model) they sample and how
+ARMS = {
+    'base': ('base', []),
+    'annotated-base': ('annotated-base', []),
+    'sft': ('sft', []),
+    'sft-replay': ('sft-replay', []),
+    'anchored': ('anchored', []),
+    'anchored-noann': ('anchored', ['--no_annotation=True']),
+    'anchored-prior': ('anchored', ['--annotation_from={annotated-base}']),
+    'anchored-mask': ('anchored-mask', []),
+    'anchored-plain': ('anchored-plain', []),
+}
+SWEPT = ('sft', 'sft-replay', 'anchored')  # the arms of the temperature sweep
 
 
-def arms_of_study(st, root, data_dir, tag='', pretrain_args=(), full=True, ks=(), topics=()):
-    """Pretrain, post-train and sample the arms under root; returns [(arm, samples path)].
-    full: also the annotated-base and ablation arms and the temperature sweep; ks: the SFT-entropy
-    sweep over the first k of topics instead of the single narrow SFT set. tag prefixes the stage
-    names (scaling sizes)."""
-    o = lambda *p: os.path.join(root, *p)
-    d = f'--data_dir={data_dir}'
-    stages = [(f'{tag}pretrain-plain', 'pretrain.py', [d, f'--out_dir={o("base")}', *pretrain_args],
-               [o('base', 'ckpt.pt')], ['annotate']),
-              (f'{tag}pretrain-annotated', 'pretrain.py',
-               [d, '--annotated=True', f'--out_dir={o("annotated-base")}', *pretrain_args],
-               [o('annotated-base', 'ckpt.pt')], ['annotate'])]
-    init = {'sft': 'base', 'anchor': 'annotated-base'}
-    stage = lambda run: {'base': f'{tag}pretrain-plain', 'annotated-base': f'{tag}pretrain-annotated'}.get(
-        run, f'{tag}{run}')  # the stage that writes the checkpoint of a run
+class Study:
+    """The stages of one study under root (a scaling size has its own root and stage-name tag)."""
 
-    def post(run, method, init_run, *args):
-        return (f'{tag}{run}', 'anchor_sft.py', [d, f'--method={method}', f'--init_dir={o(init_run)}',
-                                                 f'--out_dir={o(run)}', *args], [o(run, 'ckpt.pt')], [stage(init_run)])
+    def __init__(self, root, data_dir, tag='', pretrain_args=()):
+        self.root, self.data_dir, self.tag, self.pretrain_args = root, data_dir, tag, list(pretrain_args)
+        self.stages, self.samples = {}, []  # samples: (arm, path) in replicate order
 
-    def sample(arm, run, temp=temperature, *extra):
-        path = o('samples', f'{arm}.jsonl')
-        args = [f'--ckpt_dir={o(run)}', f'--out={path}', f'--num_samples={num_samples}',
-                f'--max_new_tokens={max_new_tokens}', f'--temperature={temp}', *extra]
-        return f'{tag}sample-{arm}', 'sample.py', args, [path], [stage(run)]
+    def add(self, st):
+        self.stages.setdefault(st.name, st)
+        return st.name
 
-    if ks:  # SFT sets of k topics, equal size: only their semantic entropy differs
-        runs = [(method, f'{name}-k{k}', k) for k in ks for method, name in (('sft', 'sft'), ('anchor', 'anchored'))]
-        stages += [post(run, method, init[method], f'--sft_topics={",".join(topics[:k])}',
-                        f'--sft_max_rows={sweep_rows}') for method, run, k in runs]
-        samples = [sample('base', 'base'), sample('annotated-base', 'annotated-base')]
-        samples += [sample(r, r) for _, r, _ in runs]
-    else:
-        # the paper's recipe as it is: z masked, nothing more (SFT's own learning rate)
-        paper = ['--anchor_prior=mask', '--replay_rows=0', '--anchor_lr_frac=-1']
-        stages += [post('sft', 'sft', 'base'), post('anchored', 'anchor', 'annotated-base'),
-                   post('anchored-mask', 'anchor', 'annotated-base', *paper)]
-        if full:  # ablation: the prior must come from pretraining (a plain model has none to distill)
-            stages.append(post('anchored-plain', 'anchor', 'base', *paper))
-        samples = [sample('base', 'base')] + ([sample('annotated-base', 'annotated-base')] if full else [])
-        samples += [sample('sft', 'sft'), sample('anchored', 'anchored'), sample('anchored-mask', 'anchored-mask')]
-        if full:
-            samples += [sample('anchored-plain', 'anchored-plain'),
-                        sample('anchored-noann', 'anchored', temperature, '--no_annotation=True'),
-                        # the annotation from the pretrained prior R(z) itself: the paper's goal distribution
-                        sample('anchored-prior', 'anchored', temperature, f'--annotation_from={o("annotated-base")}')]
-            for t in numbers('temperatures', temperatures, float):
-                samples += [sample(f'sft@t{t:g}', 'sft', t), sample(f'anchored@t{t:g}', 'anchored', t)]
-    # training and sampling stages as one graph: each starts when its checkpoint is written, so an
-    # arm is sampled while the other SFTs still train
-    st.run_all(stages + samples, threaded=True)
-    return [(name[len(f'{tag}sample-'):], outputs[0]) for name, _, _, outputs, _ in samples]
+    def pretrained(self, k, kind):
+        """The stage and directory of replicate k's pretrained model ('base' or 'annotated-base')."""
+        p = seed + k // seeds
+        path = os.path.join(self.root, f'pretrain{p}', kind)
+        annotated = ['--annotated=True'] if kind == 'annotated-base' else []
+        name = self.add(Stage(f"{self.tag}pretrain-{'annotated' if annotated else 'plain'}/{p}", 'pretrain.py',
+                              [f'--data_dir={self.data_dir}', f'--out_dir={path}', f'--seed={p}', *annotated,
+                               *self.pretrain_args], [os.path.join(path, 'ckpt.pt')], ['annotate'], trains=True))
+        return name, path
 
+    def model(self, k, run, method=None, init=None, args=()):
+        """The stage and directory of a model of replicate k: pretrained, or post-trained from one."""
+        if run in ('base', 'annotated-base'):
+            return self.pretrained(k, run)
+        method, init, args = RUNS[run] if method is None else (method, init, args)
+        s = seed + k
+        dep, init_dir = self.pretrained(k, init)
+        path = os.path.join(self.root, f'seed{s}', run)
+        name = self.add(Stage(f'{self.tag}{run}/{s}', 'anchor_sft.py',
+                              [f'--data_dir={self.data_dir}', f'--method={method}', f'--init_dir={init_dir}',
+                               f'--out_dir={path}', f'--seed={s}', *args], [os.path.join(path, 'ckpt.pt')], [dep],
+                              trains=True))
+        return name, path
 
-def report(st, tag, arms, data_dir, report_dir, *args):
-    st.run(f'{tag}diversity', 'diversity.py', [f'--samples={",".join(f"{a}={p}" for a, p in arms)}',
-                                               f'--data_dir={data_dir}', f'--out_dir={report_dir}',
-                                               '--anchored_arm=anchored,anchored-mask', *args],
-           [os.path.join(report_dir, 'report.md')], [f'{tag}sample-{a}' for a, _ in arms])
-    return read_json(os.path.join(report_dir, 'report.json'))
+    def sample(self, k, arm, model, extra=(), temp=temperature):
+        """Sample `arm` from replicate k's `model` (a stage and a directory)."""
+        s = seed + k
+        path = os.path.join(self.root, 'samples', f'seed{s}', f'{arm}.jsonl')
+        _, annotated_base = self.pretrained(k, 'annotated-base')
+        extra = [e.replace('{annotated-base}', annotated_base) for e in extra]
+        self.add(Stage(f'{self.tag}sample-{arm}/{s}', 'sample.py',
+                       [f'--ckpt_dir={model[1]}', f'--out={path}', f'--num_samples={num_samples}',
+                        f'--max_new_tokens={max_new_tokens}', f'--temperature={temp}', f'--seed={s}', *extra],
+                       [path], [model[0]]))
+        self.samples.append((arm, path))
 
+    def arm(self, k, arm, temp=temperature, name=None):
+        run, extra = ARMS[arm]
+        self.sample(k, name or arm, self.model(k, run), extra, temp)
 
-ENTROPY_HEADER = "## Collapse against the SFT set's semantic entropy"
+    def report(self, rdir, anchored, controls):
+        """The diversity stage over every sample written so far; returns its stage name."""
+        spec = ','.join(f'{a}={p}' for a, p in self.samples)
+        deps = [n for n, st in self.stages.items() if st.script == 'sample.py']
+        name = 'diversity' if rdir == os.path.join(self.root, 'report') else f'diversity:{rdir}'
+        return self.add(Stage(f'{self.tag}{name}', 'diversity.py',
+                              [f'--samples={spec}', f'--data_dir={self.data_dir}', f'--out_dir={rdir}',
+                               f"--anchored_arms={','.join(anchored)}", f"--control_arms={','.join(controls)}"],
+                              [os.path.join(rdir, 'report.md')], deps, threaded=False))
 
 
-def num(x, f='{:.3f}'):
-    """A number of report.json ('nan' where it is not a number) as text."""
-    return f.format(x) if isinstance(x, (int, float)) else 'n/a'
+def replicates(ablation=False):
+    return range(min(ablation_seeds, seeds * pretrain_seeds) if ablation else seeds * pretrain_seeds)
 
 
-def entropy_section(rep, root, report_dir, ks):
-    """Collapse against the semantic entropy of the SFT set, per headline metric (paper: SFT's
-    output entropy tracks its data's entropy; anchored is nearly invariant)."""
-    ents = {k: read_json(os.path.join(root, f'sft-k{k}', 'sft_set.json'))['entropy_bits'] for k in ks}
-    lines = ['', ENTROPY_HEADER]
-    for metric in rep['headline']['metrics']:
-        coll = rep['collapse'][metric]['collapse']
-        series = {m: [(ents[k], coll[f'{m}-k{k}']['value']) for k in ks] for m in ('sft', 'anchored')}
-        lines += ['', f'Collapse on {metric}:', '',
-                  '| topics k | SFT-set entropy (bits) | collapse sft | collapse anchored |', '|---|---|---|---|']
-        lines += [f"| {k} | {ents[k]:.2f} | {num(series['sft'][i][1])} | {num(series['anchored'][i][1])} |"
-                  for i, k in enumerate(ks)]
-        line_plot(os.path.join(report_dir, f'entropy_sweep_{metric}.png'), series,
-                  'semantic entropy of the SFT set (bits)', f'collapse on {metric}')
-        lines += ['', f'![entropy sweep, {metric}](entropy_sweep_{metric}.png)']
-    return '\n'.join(lines + [''])
+def parse_variants():
+    """'name:args;name:args' -> [(name, method, init, args)]: each from the pretrained model of its method."""
+    out = []
+    for spec in filter(None, (v.strip() for v in variants.split(';'))):
+        name, _, args = spec.partition(':')
+        args = args.split()
+        method = next((a.split('=', 1)[1] for a in args if a.startswith('--method=')), None)
+        if not name.strip() or method not in ('sft', 'anchor') or name.strip() in ARMS:
+            raise UserError(f"variant '{spec}': expected 'name:--method=sft|anchor args' with a new name")
+        out.append((name.strip(), method, 'base' if method == 'sft' else 'annotated-base', args))
+    return out
 
 
-def scaling_section(reps, params, report_dir):
-    """Every diversity metric against parameters, one line per arm (the paper's scaling figure),
-    the metrics of every size and arm, and the collapse numbers of the headline metric per size."""
-    first = next(iter(reps.values()))
-    metrics = list(first['collapse'])
-    arms = ('base', 'sft', 'anchored', 'anchored-mask')
-    for m in metrics:
-        series = {a: [(params[s], reps[s]['arms'][a]['metrics'][m]['mean']) for s in reps] for a in arms}
-        line_plot(os.path.join(report_dir, f'scaling_{m}.png'), series, 'parameters', m, logx=True)
-    lines = ['| size | params | arm | ' + ' | '.join(metrics) + ' | quality |', '|---' * (len(metrics) + 4) + '|']
-    for s, rep in reps.items():
-        for a in arms:
-            mt = rep['arms'][a]['metrics']
-            lines.append(f"| {s} | {params[s] / 1e6:.2f}M | {a} | " + ' | '.join(num(mt[m]['mean']) for m in metrics)
-                         + f" | {num(mt['quality']['mean'])} |")
-    ci = lambda d, f: f"{num(d['value'], f)} [{num(d['ci'][0], f)}, {num(d['ci'][1], f)}]"
-    for m in first['headline']['metrics']:
-        lines += ['', f'Collapse on {m} (a headline metric), 95% CIs over prompts:', '',
-                  '| size | arm | collapse sft | collapse arm | collapse ratio | gap closed |', '|---' * 6 + '|']
-        for s, rep in reps.items():
-            c = rep['collapse'][m]
-            for a in arms[2:]:
-                lines.append(f"| {s} | {a} | {num(c['collapse']['sft']['value'])} | {num(c['collapse'][a]['value'])} | "
-                             f"{ci(c['ratio'][a], '{:.2f}')} | {ci(c['gap'][a], '{:.0%}')} |")
-    return '\n'.join(['# Scaling: diversity against model size', ''] + lines + [''] +
-                      [f'![{m}](scaling_{m}.png)' for m in metrics] + [''])
+def main_study(study, temps):
+    """The arms of the laptop study; returns the anchored arms and the controls they are compared with."""
+    for k in replicates():
+        for arm in ('base', 'annotated-base', 'sft', 'sft-replay', 'anchored', 'anchored-noann', 'anchored-prior'):
+            study.arm(k, arm)
+        for t in temps:
+            for arm in SWEPT:
+                study.arm(k, arm, t, name=f'{arm}@t{t:g}')
+        for name, method, init, args in parse_variants():
+            study.sample(k, name, study.model(k, name, method, init, args))
+    for k in replicates(ablation=True):
+        for arm in ABLATIONS:
+            study.arm(k, arm)
+    anchored = ['anchored', 'anchored-noann', 'anchored-prior', 'anchored-mask', 'anchored-plain']
+    return anchored + [n for n, *_ in parse_variants() if n.startswith('anchored')], ['sft', 'sft-replay']
 
 
-def model_params(ckpt_path):
-    import torch
-    from training import model_from_checkpoint
-    return model_from_checkpoint(torch.load(ckpt_path, map_location='cpu', weights_only=False), 'cpu').num_params()
+def entropy_study(study, ks, topics):
+    """SFT sets of the first k topics, equal size: only their semantic entropy differs."""
+    for k in replicates():
+        study.arm(k, 'base')
+        for n in ks:
+            rows = [f'--sft_topics={",".join(topics[:n])}', f'--sft_max_rows={sweep_rows}']
+            for run, method, init, extra in (('sft', 'sft', 'base', ['--replay_rows=0']),
+                                             ('anchored', 'anchor', 'annotated-base', [])):
+                study.sample(k, f'{run}-k{n}', study.model(k, f'{run}-k{n}', method, init, rows + extra))
 
 
-def numbers(key, text, kind):
-    """A comma-separated list of numbers of one kind (int or float), or one clear line."""
-    try:
-        return [kind(x) for x in text.split(',') if x.strip()]
-    except ValueError:
-        raise UserError(f"{key} must be comma-separated {kind.__name__}s, got '{text}'")
+def scaling_study(study):
+    for k in replicates():
+        for arm in ('base', 'sft', 'sft-replay', 'anchored'):
+            study.arm(k, arm)
+    for k in replicates(ablation=True):
+        study.arm(k, 'anchored-mask')
+    return ['anchored', 'anchored-mask'], ['sft', 'sft-replay']
 
 
-def main():
-    if not os.path.isfile(config_file):
-        raise UserError(f"config file not found: {config_file}")
-    check_config(config, positive=('num_samples', 'max_new_tokens', 'sweep_rows', 'sweep_docs', 'jobs'),
-                 nonneg=('temperature',))
+def check_study_config():
+    """Every config value before any work; returns the temperatures and the SFT-entropy sweep's ks."""
+    if not config_files:
+        raise UserError("name a config file first, e.g. python study.py config/small.py")
+    for f in config_files:
+        if not os.path.isfile(f):
+            raise UserError(f"config file not found: {f}")
+    check_config(config, positive=('num_samples', 'max_new_tokens', 'sweep_rows', 'sweep_docs', 'jobs', 'nproc',
+                                   'seeds', 'pretrain_seeds'), nonneg=('temperature', 'ablation_seeds'))
     temps, ks = numbers('temperatures', temperatures, float), numbers('sft_topic_counts', sft_topic_counts, int)
     if any(t < 0 for t in temps) or any(k < 1 for k in ks):
         raise UserError("temperatures must be >= 0 and sft_topic_counts >= 1")
     if sizes and any(not s.partition(':')[0].strip() for s in sizes.split(';')):
         raise UserError(f"sizes must be 'name:args;name:args', got '{sizes}'")
+    if sum(map(bool, (ks, sizes))) > 1:
+        raise UserError("sft_topic_counts and sizes are two different studies: run them one at a time")
+    parse_variants()
     check_out_dir(out_root, 'out_root')
-    t_start = time.time()
-    st = Stages()
-    topics = [t.strip() for t in sweep_topics.split(',') if t.strip()]
-    if ks and topics and max(ks) > len(topics):
-        raise UserError(f"sft_topic_counts asks for {max(ks)} topics, sweep_topics has {len(topics)}")
-    # the SFT-entropy sweep holds out SFT documents of all its topics from pretraining: its own data dir
+    return temps, ks
+
+
+def numbers(key, text, kind):
+    """A comma-separated list of numbers of one kind (int or float), or one clear line."""
+    try:
+        return [kind(x) for x in split_list(text)]
+    except ValueError:
+        raise UserError(f"{key} must be comma-separated {kind.__name__}s, got '{text}'")
+
+
+def annotate(runner, ks):
+    """The annotate stage; the SFT-entropy sweep holds out SFT documents of all its topics from
+    pretraining, in a data dir of its own. Returns the data dir and the sweep's topics."""
     name = f'{data_name}-sweep' if ks else data_name
     data_dir = os.path.join(data_root, name)
-    sweep_args = [f'--sft_values={",".join(topics[:max(ks)]) or f"top:{max(ks)}"}', f'--sft_docs={sweep_docs}'] \
-        if ks else []
-    st.run('annotate', 'annotate.py', [f'--data_root={data_root}', f'--name={name}'] + sweep_args,
-           [os.path.join(data_dir, 'meta.json')])
+    topics = split_list(sweep_topics)
+    if ks and topics and max(ks) > len(topics):
+        raise UserError(f"sft_topic_counts asks for {max(ks)} topics, sweep_topics has {len(topics)}")
+    sweep = [f'--sft_values={",".join(topics[:max(ks)]) or f"top:{max(ks)}"}', f'--sft_docs={sweep_docs}'] if ks else []
+    runner.run([Stage('annotate', 'annotate.py', [f'--data_root={data_root}', f'--name={name}', *sweep],
+                      [os.path.join(data_dir, 'meta.json')], threaded=False)])
     if ks:  # the SFT slice in order (top:K: most common first); k topics = the first k
         topics = read_json(os.path.join(data_dir, 'meta.json'))['sft_values']
-    report_dir = os.path.join(out_root, 'report')
+    return data_dir, topics
+
+
+def run_sizes(runner, data_dir, rdir):
+    """The scaling sweep: one study per size under out_root/<size>, then diversity against size."""
+    reps, params = {}, {}
+    for spec in sizes.split(';'):
+        size, _, args = (x.strip() for x in spec.partition(':'))
+        study = Study(os.path.join(out_root, size), data_dir, f'{size}/', args.split())
+        anchored, controls = scaling_study(study)
+        study.report(os.path.join(study.root, 'report'), anchored, controls)
+        runner.run(list(study.stages.values()))
+        reps[size] = read_json(os.path.join(study.root, 'report', 'report.json'))
+        params[size] = model_params(study.pretrained(0, 'base')[1])
+    return scaling_section(reps, params, rdir)
+
+
+def model_params(run_dir):
+    from training import load_checkpoint, model_from_checkpoint
+    return model_from_checkpoint(load_checkpoint(os.path.join(run_dir, 'ckpt.pt')), 'cpu').num_params()
+
+
+def finish_report(rdir, ks, runner, t_start):
+    """report.md and report.json of the diversity stage, with the study's own sections: collapse
+    against the SFT set's entropy (the sweep), and how the study ran (seeds, parallelism, machine,
+    stage times). Returns the text of report.md."""
+    rep = read_json(os.path.join(rdir, 'report.json'))
+    with open(os.path.join(rdir, 'report.md')) as f:  # (a skipped diversity stage: the last run's sections)
+        text = f.read().split('\n' + ENTROPY_HEADER)[0].split('\n' + RUN_HEADER)[0].rstrip('\n') + '\n'
+    if ks:
+        ents = [read_json(os.path.join(out_root, f'seed{seed}', f'sft-k{k}', 'sft_set.json'))['entropy_bits']
+                for k in ks]
+        text += '\n' + entropy_section(rep, ents, ks, rdir)
+    run = dict(config_files=config_files, seeds=seeds, ablation_seeds=ablation_seeds, pretrain_seeds=pretrain_seeds,
+               jobs=runner.jobs, nproc=nproc, threads_per_stage=max(1, (os.cpu_count() or 1) // runner.jobs),
+               stage_seconds=runner.times, wall_seconds=round(time.time() - t_start), environment=environment())
+    text += '\n' + run_section(run)
+    write_json(os.path.join(rdir, 'report.json'), dict(rep, study=run))
+    return text
+
+
+def main():
+    temps, ks = check_study_config()
+    rdir = report_dir or os.path.join(out_root, 'report')
+    t_start = time.time()
+    runner = Stages(out_root, config_files, jobs=1 if nproc > 1 else jobs, nproc=nproc, force=force)
+    data_dir, topics = annotate(runner, ks)
     if sizes:
-        reps, params = {}, {}
-        for spec in sizes.split(';'):
-            size, _, args = spec.partition(':')
-            root = os.path.join(out_root, size.strip())
-            arms = arms_of_study(st, root, data_dir, f'{size.strip()}/', args.split(), full=False)
-            reps[size.strip()] = report(st, f'{size.strip()}/', arms, data_dir, os.path.join(root, 'report'))
-            params[size.strip()] = model_params(os.path.join(root, 'base', 'ckpt.pt'))
-        text = scaling_section(reps, params, report_dir)
-        write_text(os.path.join(report_dir, 'report.md'), text)
+        text = run_sizes(runner, data_dir, rdir)
     else:
-        arms = arms_of_study(st, out_root, data_dir, ks=ks, topics=topics)
-        k2 = 2 if 2 in ks else (ks[0] if ks else None)  # the k=2 pair stands for sft/anchored in the headline
-        heads = [f'--sft_arm=sft-k{k2}', f'--anchored_arm=anchored-k{k2}'] if ks else []
-        rep = report(st, '', arms, data_dir, report_dir, *heads)
-        with open(os.path.join(report_dir, 'report.md')) as f:
-            text = f.read()
-        if ks:  # (a skipped diversity stage leaves the section of the last run in report.md)
-            text = text.split(ENTROPY_HEADER)[0].rstrip('\n') + '\n'
-            text += entropy_section(rep, out_root, report_dir, ks)
-            write_text(os.path.join(report_dir, 'report.md'), text)
+        study = Study(out_root, data_dir)
+        if ks:
+            entropy_study(study, ks, topics)
+            k2 = 2 if 2 in ks else ks[0]  # the k=2 pair stands for sft/anchored in the headline
+            anchored, controls = [f'anchored-k{k2}'], [f'sft-k{k2}']
+        else:
+            anchored, controls = main_study(study, temps)
+        study.report(rdir, anchored, controls)
+        runner.run(list(study.stages.values()))
+        text = finish_report(rdir, ks, runner, t_start)
+    write_text(os.path.join(rdir, 'report.md'), text)
     print(text)
-    ran = ', '.join(f'{k} {v:.0f}s' for k, v in st.times.items()) or 'nothing (all up to date)'
+    ran = ', '.join(f'{k} {v:.0f}s' for k, v in runner.times.items()) or 'nothing (all up to date)'
     print(f"study done in {time.time() - t_start:.0f}s; ran: {ran}")
 
 

@@ -11,6 +11,7 @@ exactly the batches of an uninterrupted one.
 """
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from common import (UserError, atomic_write, check_config, check_device, check_out_dir, clean_stale_temps,
                     write_json)
-from model import GPT, RECIPES, GPTConfig
+from model import GPT, IGNORE_INDEX, RECIPES, GPTConfig
 
 # peak dense FLOP/s per device for MFU (bf16 tensor cores on GPUs); CPU: the user gives it
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10': 125e12}
@@ -33,7 +34,7 @@ DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 def check_training_config(cfg, positive=(), nonneg=(), fractions=(), choices=None, dropout_key='dropout'):
     """The checks every training stage shares (pretrain.py, anchor_sft.py), plus the stage's own;
     and its out_dir must be writable. Run before any work."""
-    check_config(cfg, positive=('gradient_accumulation_steps', 'eval_iters', 'log_interval') + tuple(positive),
+    check_config(cfg, positive=('gradient_accumulation_steps', 'log_interval') + tuple(positive),
                  nonneg=('weight_decay', 'grad_clip', 'threads', 'cpu_peak_flops') + tuple(nonneg),
                  fractions=(dropout_key, 'beta1', 'beta2') + tuple(fractions),
                  choices=dict(dtype=DTYPES, backend=('auto', 'nccl', 'gloo'), **(choices or {})))
@@ -178,141 +179,184 @@ def lm_loss(model, batch):
     return model(batch[0], batch[1])[1]
 
 
-def evals_since_best(history):
-    """How many evaluations have passed since the lowest val loss (early stopping's patience)."""
-    vals = [h['val_loss'] for h in history if 'val_loss' in h]
-    return len(vals) - 1 - vals.index(min(vals)) if vals else 0
+def sampled_evals(get_batch, splits, iters):
+    """Evaluation batches of a token stream: `iters` batches per split, drawn from one fixed seed,
+    so that every evaluation (and every run) reads the same windows."""
+    def batches(split):
+        gen = torch.Generator().manual_seed(1234)
+        return [get_batch(split, gen, [0])[0] for _ in range(iters)]
+    return {split: (lambda s=split: batches(s)) for split in splits}
 
 
-def train(model, optimizer, get_batch, cfg, env, state, ckpt_extra, loss_fn=lm_loss):
-    """Train `model` until cfg['max_iters'].
+@torch.no_grad()
+def evaluate(model, evals, ctx):
+    """Mean loss per target token over each split's evaluation batches (evals: {split: () ->
+    batches}); a batch's own mean loss is weighted by its number of targets, so that a set of rows of
+    different lengths gives the loss of the whole set."""
+    model.eval()
+    out = {}
+    for split, batches in evals.items():
+        total, count = 0.0, 0
+        for batch in batches():
+            n = int((batch[1] != IGNORE_INDEX).sum())
+            with ctx:
+                total += lm_loss(model, batch).item() * n
+            count += n
+        out[split] = total / max(count, 1)
+    model.train()
+    return out
 
-    get_batch(split, gen, micro_ids) -> list of batches (x, y, ...) for the micro-batch numbers in
-    micro_ids, out of world * grad_accum drawn from gen for this iteration. loss_fn(model, batch):
-    the training loss (evaluation always reports lm_loss, comparable across methods). cfg: the
-    stage's config in pretrain.py's names (anchor_sft.py maps its sft_* keys). state:
-    resume_state() of a fresh start or a checkpoint. ckpt_extra: what else goes into every
-    checkpoint (model args, config, meta). With cfg['keep_best'], the checkpoint of the lowest val
-    loss so far is also kept as best.pt, and with cfg['patience'] training stops after that many
-    evaluations without a lower val loss (SFT: its length is chosen by val loss).
-    """
-    device, device_type, master = env['device'], env['device_type'], env['master']
-    world, rank = env['world'], env['rank']
-    accum = cfg['gradient_accumulation_steps']
-    accum //= world  # each rank does its share (check_training_config: accum divides by the ranks)
-    my_micro = list(range(rank * accum, (rank + 1) * accum))
-    ctx = autocast(device_type, cfg['dtype'])
-    raw = model
-    if cfg['compile']:
+
+def evals_since_best(history, min_delta=0.0):
+    """Evaluations since the last improvement, an improvement being a val loss below every earlier
+    one by more than min_delta (so that a flat curve's wiggles in the third decimal are not one)."""
+    best, since = float('inf'), 0
+    for h in history:
+        if 'val_loss' in h:
+            best, since = (h['val_loss'], 0) if h['val_loss'] < best - min_delta else (best, since + 1)
+    return since
+
+
+def compile_works(device_type):
+    """torch.compile on a CPU needs a C++ compiler (inductor writes C++ kernels)."""
+    return device_type != 'cpu' or any(shutil.which(c) for c in ('g++', 'c++', 'clang++'))
+
+
+def wrap_model(model, env, compile):
+    """The model the steps run through: compiled where that works, inside DDP under torchrun."""
+    if compile and not compile_works(env['device_type']):
+        if env['master']:
+            print("compile=True, but no C++ compiler was found for torch.compile on the CPU: running eager")
+        compile = False
+    if compile:
         model = torch.compile(model)
     if env['ddp']:
-        model = DDP(model, device_ids=[int(device.split(':')[1])] if device_type == 'cuda' else None)
-    gen = torch.Generator().manual_seed(cfg['seed'])
+        ids = [int(env['device'].split(':')[1])] if env['device_type'] == 'cuda' else None
+        model = DDP(model, device_ids=ids)
+    return model
+
+
+def restore_rng(state, gen, device_type):
+    """A resumed run continues the data sampler's and torch's random streams where they stopped."""
     if state['data_rng'] is not None:
         gen.set_state(state['data_rng'])
         torch.set_rng_state(state['torch_rng'])
         if device_type == 'cuda' and state['cuda_rng'] is not None:
             torch.cuda.set_rng_state_all(state['cuda_rng'])
-    flops = peak_flops(device_type, cfg['cpu_peak_flops'])
-    it0 = state['iter_num']
-    ckpt_path, log_path = os.path.join(cfg['out_dir'], 'ckpt.pt'), os.path.join(cfg['out_dir'], 'log.json')
 
-    @torch.no_grad()
-    def evaluate():
-        """Mean loss over eval_iters batches drawn from a fixed seed: comparable across runs."""
-        model.eval()
-        out = {}
-        for split in cfg.get('eval_splits', ('train', 'val')):
-            eg = torch.Generator().manual_seed(1234)
-            losses = []
-            for _ in range(cfg['eval_iters']):
-                with ctx:
-                    losses.append(lm_loss(raw, get_batch(split, eg, [0])[0]).item())
-            out[split] = sum(losses) / len(losses)
-        model.train()
-        return out
 
-    def checkpoint(best):
-        ckpt = dict(ckpt_extra, model=raw.state_dict(), optimizer=optimizer.state_dict(),
-                    iter_num=state['iter_num'], best_val_loss=state['best_val_loss'],
-                    history=state['history'], data_rng=gen.get_state(),
-                    torch_rng=torch.get_rng_state(), train_time=state['train_time'],
-                    cuda_rng=torch.cuda.get_rng_state_all() if device_type == 'cuda' else None)
-        # log.json, then best.pt, then ckpt.pt: a kill between two writes leaves a log that is ahead
-        # of ckpt.pt (a resume rewrites it from ckpt.pt) and a ckpt.pt that redoes this evaluation
-        write_json(log_path, state['history'])
-        if best:
-            save_checkpoint(os.path.join(cfg['out_dir'], 'best.pt'), ckpt)
-        save_checkpoint(ckpt_path, ckpt)
+def train_step(model, raw, optimizer, batches, loss_fn, ctx, grad_clip, ddp):
+    """Forward and backward of this rank's micro-batches, one optimizer step; the mean loss."""
+    loss_sum = torch.zeros((), device=batches[0][0].device)
+    for i, batch in enumerate(batches):
+        if ddp:  # sync gradients only on the last micro-step
+            model.require_backward_grad_sync = i == len(batches) - 1
+        with ctx:
+            loss = loss_fn(model, batch) / len(batches)
+        loss.backward()
+        loss_sum += loss.detach()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(raw.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ddp:  # the logged loss is the mean over all ranks' micro-batches
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    return loss_sum
 
-    if master and it0 == 0 and os.path.exists(os.path.join(cfg['out_dir'], 'best.pt')):
-        os.remove(os.path.join(cfg['out_dir'], 'best.pt'))  # a fresh run: another run's best is not ours
-    if master and it0 > 0:
-        write_json(log_path, state['history'])  # the log of the checkpoint we resume from
+
+def save_run(out_dir, raw, optimizer, state, gen, ckpt_extra, device_type, best):
+    """log.json, then best.pt (if best), then ckpt.pt: a kill between two writes leaves a log that is
+    ahead of ckpt.pt (a resume rewrites it from ckpt.pt) and a ckpt.pt that redoes this evaluation."""
+    ckpt = dict(ckpt_extra, model=raw.state_dict(), optimizer=optimizer.state_dict(),
+                iter_num=state['iter_num'], best_val_loss=state['best_val_loss'],
+                history=state['history'], data_rng=gen.get_state(),
+                torch_rng=torch.get_rng_state(), train_time=state['train_time'],
+                cuda_rng=torch.cuda.get_rng_state_all() if device_type == 'cuda' else None)
+    write_json(os.path.join(out_dir, 'log.json'), state['history'])
+    if best:
+        save_checkpoint(os.path.join(out_dir, 'best.pt'), ckpt)
+    save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), ckpt)
+
+
+def should_stop(state, patience, min_delta, env):
+    """Early stopping, decided on the first rank and shared with the others."""
+    stop = torch.tensor([float(env['master'] and evals_since_best(state['history'], min_delta) >= patience)],
+                        device=env['device'])
+    if env['ddp']:
+        dist.broadcast(stop, 0)
+    return bool(stop.item())
+
+
+def train(model, optimizer, get_batch, evals, env, state, ckpt_extra, *, out_dir, max_iters, lr_at,
+          eval_interval, log_interval=10, accum=1, grad_clip=1.0, seed=1337, dtype='auto', compile=False,
+          peak_flops=0.0, progress=True, loss_fn=lm_loss, keep_best=False, patience=0, min_delta=0.0,
+          desc='train'):
+    """Train `model` until max_iters (or early stopping); returns the loop state.
+
+    get_batch(split, gen, micro_ids) -> the batches (x, y, ...) of the micro-batch numbers micro_ids,
+    out of world * accum drawn from gen for this iteration. evals: {split: () -> batches}, the fixed
+    batches every evaluation reads. lr_at(it): the factor on every group's base learning rate.
+    loss_fn(model, batch): the training loss (evaluation always reports lm_loss, comparable across
+    methods). state: resume_state() of a fresh start or of a checkpoint. ckpt_extra: what else goes
+    into every checkpoint. keep_best: also keep the checkpoint of the lowest val loss as best.pt;
+    patience > 0: stop after that many evaluations without a val loss lower by more than min_delta.
+    """
+    master, world = env['master'], env['world']
+    accum //= world  # each rank does its share (check_training_config: accum divides by the ranks)
+    my_micro = list(range(env['rank'] * accum, (env['rank'] + 1) * accum))
+    ctx = autocast(env['device_type'], dtype)
+    raw, model = model, wrap_model(model, env, compile)
+    gen = torch.Generator().manual_seed(seed)
+    restore_rng(state, gen, env['device_type'])
+    if master and state['iter_num'] == 0 and os.path.exists(os.path.join(out_dir, 'best.pt')):
+        os.remove(os.path.join(out_dir, 'best.pt'))  # a fresh run: another run's best is not ours
+    if master and state['iter_num'] > 0:
+        write_json(os.path.join(out_dir, 'log.json'), state['history'])  # the log of the checkpoint we resume
     model.train()
     it = state['iter_num']
-    bar = tqdm(total=cfg['max_iters'], initial=it, disable=not master or not cfg['progress'],
-               desc=cfg.get('desc', 'train'), dynamic_ncols=True)
+    bar = tqdm(total=max_iters, initial=it, disable=not master or not progress, desc=desc, dynamic_ncols=True)
     t0 = t_start = time.time()
-    while it < cfg['max_iters'] and not (cfg.get('patience') and evals_since_best(state['history']) >= cfg['patience']):
-        lrm = lr_multiplier(it, cfg['max_iters'], cfg['warmup_iters'], cfg['lr_schedule'], cfg['warmdown_frac'],
-                            cfg['final_lr_frac'])
+    while it < max_iters and not (patience and evals_since_best(state['history'], min_delta) >= patience):
+        lrm = lr_at(it)
         for group in optimizer.param_groups:
             group['lr'] = group['base_lr'] * lrm
         batches = get_batch('train', gen, my_micro)
-        loss_sum = torch.zeros((), device=device)
         tokens_per_iter = sum(b[0].numel() for b in batches) * world  # SFT rows vary in length
-        for i, batch in enumerate(batches):
-            if env['ddp']:  # sync gradients only on the last micro-step
-                model.require_backward_grad_sync = i == accum - 1
-            with ctx:
-                loss = loss_fn(model, batch) / accum
-            loss.backward()
-            loss_sum += loss.detach()
-        if cfg['grad_clip'] > 0:
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg['grad_clip'])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if env['ddp']:  # the logged loss is the mean over all ranks' micro-batches
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        it += 1
-        state['iter_num'] = it
+        loss = train_step(model, raw, optimizer, batches, loss_fn, ctx, grad_clip, env['ddp'])
+        it = state['iter_num'] = it + 1
         bar.update(1)
-        is_eval = it % cfg['eval_interval'] == 0 or it == cfg['max_iters']
+        is_eval = it % eval_interval == 0 or it == max_iters
         if master:
-            loss_val = loss_sum.item()  # a sync point: dt below is a real step time
+            loss_val = loss.item()  # a sync point: dt below is a real step time
             dt = time.time() - t0
             state['train_time'] += dt
             entry = {'iter': it, 'loss': loss_val, 'lr_mult': lrm, 'time': round(state['train_time'], 3)}
             bar.set_postfix(loss=f"{loss_val:.3f}")
-            if it % cfg['log_interval'] == 0 or it == cfg['max_iters']:
-                mfu = raw.estimate_mfu(tokens_per_iter, dt, flops) if flops else None
+            if it % log_interval == 0 or it == max_iters:
+                mfu = raw.estimate_mfu(tokens_per_iter, dt, peak_flops) if peak_flops else None
                 bar.write(f"iter {it}: loss {loss_val:.4f}, lr x{lrm:.3f}, {dt * 1000:.0f} ms/iter, "
                           f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ''))
+            best = False
             if is_eval:
-                losses = evaluate()
+                losses = evaluate(raw, evals, ctx)
                 entry.update({f'{k}_loss': v for k, v in losses.items()})
                 bar.write(f"iter {it}: " + ', '.join(f"{k} loss {v:.4f}" for k, v in losses.items()))
-                best = losses['val'] < state['best_val_loss']
-                state['best_val_loss'] = min(state['best_val_loss'], losses['val'])
+                best = losses['val'] < state['best_val_loss'] - min_delta
+                if best:
+                    state['best_val_loss'] = losses['val']
             state['history'].append(entry)
             if is_eval:
-                checkpoint(best and cfg.get('keep_best', False))
+                save_run(out_dir, raw, optimizer, state, gen, ckpt_extra, env['device_type'], best and keep_best)
             t0 = time.time()  # evaluation and saving are not step time
-        if is_eval and cfg.get('patience'):  # every rank stops with the first
-            stop = torch.tensor([float(master and evals_since_best(state['history']) >= cfg['patience'])],
-                                device=device)
-            if env['ddp']:
-                dist.broadcast(stop, 0)
-            if stop.item():
-                if master:
-                    bar.write(f"iter {it}: no better val loss in {cfg['patience']} evaluations, stopping")
-                break
+        if is_eval and patience and should_stop(state, patience, min_delta, env):  # every rank stops with the first
+            if master:
+                bar.write(f"iter {it}: no val loss lower by more than {min_delta} in {patience} evaluations, stopping")
+            break
     bar.close()
     if master:
         val = [h['val_loss'] for h in state['history'] if 'val_loss' in h][-1:]
         print(f"done: {it} iters in {time.time() - t_start:.0f}s"
-              + (f", val loss {val[0]:.4f}" if val else '') + f" -> {ckpt_path}")
+              + (f", val loss {val[0]:.4f}" if val else '') + f" -> {os.path.join(out_dir, 'ckpt.pt')}")
     if env['ddp']:
         dist.barrier()
     return state

@@ -121,13 +121,74 @@ def test_bootstrap_ci_contains_point_estimate():
     assert all(math.isnan(x) for x in dv.ci95([math.nan, math.nan]))
 
 
+def fig(value, lo, hi):
+    return dict(value=value, ci=[lo, hi], seeds=None)
+
+
+def comparison(diff, gap, ratio, c_control, c_arm):
+    return dict(diff=fig(*diff), gap=fig(*gap), ratio=fig(*ratio), control_collapse=fig(*c_control),
+                arm_collapse=fig(*c_arm))
+
+
 def test_headline_sentence_is_truthful():
-    s = rp.headline_sentence('entropy_topic', 5.0, [3.0, 9.0], 0.8, [0.6, 0.9], 0.5, 0.1)
-    assert s.startswith('anchored shows 5.0x [3.0, 9.0] less collapse than SFT on entropy_topic '
-                        '(gap closed: 80% [60%, 90%])')
-    assert 'reversed' in rp.headline_sentence('d', 0.5, [0.2, 0.9], -1.0, [-2, 0], 0.1, 0.2)
-    assert 'weak' in rp.headline_sentence('d', 1.5, [0.8, 3.0], 0.3, [-0.1, 0.6], 0.3, 0.2)
-    assert 'no collapse' in rp.headline_sentence('d', -2.0, [-5, 3], 0.1, [0, 0.2], -0.1, 0.05)
+    good = comparison((0.02, 0.01, 0.03), (0.8, 0.6, 0.9), (5.0, 3.0, 9.0), (0.05, 0.04, 0.06), (0.01, 0.005, 0.02))
+    s = rp.headline_sentence('dissimilarity', 'anchored', 'sft', good)
+    assert s == ('anchored vs sft on dissimilarity: difference +0.020 [+0.010, +0.030], gap closed 80% [60%, 90%], '
+                 'collapse ratio 5.0x [3.0, 9.0].')
+    weak = comparison((0.01, -0.01, 0.03), (0.5, -0.2, 1.0), (2.0, -1.0, 9.0), (0.05, 0.04, 0.06), (0.02, 0, 0.05))
+    assert 'includes 0: no difference is resolved' in rp.headline_sentence('d', 'anchored', 'sft', weak)
+    worse = comparison((-0.02, -0.03, -0.01), (-0.5, -1, -0.2), (0.5, 0.2, 0.9), (0.05, 0.04, 0.06), (0.1, 0.08, 0.12))
+    assert 'Reversed: anchored is less diverse than sft' in rp.headline_sentence('d', 'anchored', 'sft', worse)
+    flat = comparison((0.01, 0.0, 0.02), (2.0, -5, 9), (-1.0, -9, 9), (-0.01, -0.02, 0.0), (0.01, 0.0, 0.02))
+    assert 'sft does not collapse on d' in rp.headline_sentence('d', 'anchored', 'sft', flat)
+    # the anchored arm's collapse is near zero: the ratio is ill-conditioned, the difference is not
+    near0 = comparison((0.03, 0.02, 0.04), (0.9, 0.8, 1.1), (9.0, -20, 30), (0.03, 0.02, 0.04), (0.003, -0.01, 0.01))
+    assert 'ratio is ill-conditioned' in rp.headline_sentence('d', 'anchored', 'sft', near0)
+
+
+# -----------------------------------------------------------------------------
+# the two-level bootstrap (seeds, then prompts within each), on hand-made numbers
+
+def test_two_level_bootstrap_resamples_seeds():
+    """Two seeds, no prompt variance: a resample's mean is 1 (both draws seed 0), 3 (both seed 1) or
+    2, with probabilities 1/4, 1/4, 1/2; a bootstrap over prompts alone would give a zero-width CI."""
+    values = np.array([[1.0, 1.0, 1.0], [3.0, 3.0, 3.0]])
+    draws = dv.bootstrap_draws([2], 3, 20000, np.random.default_rng(0))
+    boot = dv.bootstrap_means(values, draws)
+    assert set(np.round(boot, 9)) == {1.0, 2.0, 3.0}
+    assert np.mean(boot == 1.0) == pytest.approx(0.25, abs=0.01)
+    assert np.mean(boot == 2.0) == pytest.approx(0.5, abs=0.01)
+    assert dv.ci95(boot) == [1.0, 3.0]
+
+
+def test_two_level_bootstrap_resamples_prompts_within_seeds():
+    """One seed: the ordinary bootstrap over prompts. Two prompts 0 and 2: the mean of a resample is
+    0, 1 or 2 with probabilities 1/4, 1/2, 1/4; the variance of the mean is 1/2 of the prompts' (1)."""
+    draws = dv.bootstrap_draws([1], 2, 20000, np.random.default_rng(1))
+    boot = dv.bootstrap_means(np.array([[0.0, 2.0]]), draws)
+    assert np.mean(boot == 1.0) == pytest.approx(0.5, abs=0.01) and np.var(boot) == pytest.approx(0.5, abs=0.02)
+    # two seeds x two prompts, values seed + prompt (each 0 or 1): both levels add their variance, the
+    # seeds' Var((s1 + s2) / 2) = 1/8 and the prompts' within them Var of the mean of 4 draws = 1/16
+    values = np.array([[0.0, 1.0], [1.0, 2.0]])
+    boot = dv.bootstrap_means(values, dv.bootstrap_draws([2], 2, 40000, np.random.default_rng(2)))
+    assert boot.mean() == pytest.approx(1.0, abs=0.01) and np.var(boot) == pytest.approx(3 / 16, abs=0.01)
+
+
+def test_two_level_bootstrap_pairs_arms():
+    """Arms with the same number of seeds share the draws: an arm that is another plus a constant
+    differs from it by exactly that constant in every resample (a zero-width CI of the difference);
+    an arm with one seed takes the prompt draws of the first slot."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(3, 14))
+    draws = dv.bootstrap_draws([3, 3, 1], 14, 500, rng)
+    diff = dv.bootstrap_means(a + 0.25, draws) - dv.bootstrap_means(a, draws)
+    assert np.allclose(diff, 0.25)
+    one = dv.bootstrap_means(a[:1], draws)
+    assert np.allclose(one, a[0][draws[3][1][:, 0]].mean(axis=1))
+    d = dv.derived(lambda x, y: y - x, [a.mean(), (a + 0.25).mean()], [dv.bootstrap_means(a, draws),
+                   dv.bootstrap_means(a + 0.25, draws)], [a.mean(axis=1), (a + 0.25).mean(axis=1)])
+    assert d['value'] == pytest.approx(0.25) and d['ci'] == pytest.approx([0.25, 0.25])
+    assert d['seeds'] == pytest.approx([0.25] * 3)
 
 
 # -----------------------------------------------------------------------------
@@ -210,29 +271,43 @@ def test_end_to_end(tmp_path, data_dir):
     topics = list(WORDS)
     base = write_samples(tmp_path / 'base.jsonl', [topics[i % 3] for i in range(6)], False, opening=False)
     sft = write_samples(tmp_path / 'sft.jsonl', ['Cooking'] * 5 + ['Football'], False)
+    sft2 = write_samples(tmp_path / 'sft2.jsonl', ['Cooking'] * 4 + ['Football', 'Astronomy'], False)
     anch = write_samples(tmp_path / 'anch.jsonl', [topics[i % 3] for i in range(5)] + ['Cooking'], True)
     t08 = write_samples(tmp_path / 't08.jsonl', ['Cooking'] * 6, False)
-    r = run(tmp_path, data_dir, f'base={base},sft={sft},anchored={anch},sft@t0.8={t08}', '--bootstrap=200')
+    # sft and anchored have two replicates (seeds), base one
+    r = run(tmp_path, data_dir, f'base={base},sft={sft},sft={sft2},anchored={anch},anchored={anch},sft@t0.8={t08}',
+            '--bootstrap=200', '--control_arms=sft')
     assert r.returncode == 0, r.stderr
     out = tmp_path / 'report'
     md = (out / 'report.md').read_text()
     assert '| arm | samples/prompt | entropy_topic | dissimilarity | vendi | distinct2 | gzip |' in md
-    assert 'anchored shows ' in md and 'less collapse than SFT on entropy_topic (gap closed: ' in md
+    assert 'anchored vs sft on entropy_topic: difference +' in md and 'replicates (training seeds) per arm' in md
     rep = json.loads((out / 'report.json').read_text())
     m = rep['arms']
+    assert m['sft']['replicates'] == 2 and m['base']['replicates'] == 1 and len(m['sft']['paths']) == 2
     assert m['base']['metrics']['format_rate']['mean'] == 0.0 and m['sft']['metrics']['quality']['mean'] == 1.0
+    # the mean over seeds, and the value of each seed
+    sh = m['sft']['metrics']['sft_share']
+    assert len(sh['seeds']) == 2 and sh['mean'] == pytest.approx(np.mean(sh['seeds']))
     # distinctive words: the judge should separate the 3 topics, and base is more diverse than sft
     assert rep['judge']['topic']['accuracy'] >= 0.8
     assert m['base']['metrics']['entropy_topic']['mean'] > m['sft']['metrics']['entropy_topic']['mean']
     assert 'fidelity_topic' in m['anchored']['metrics'] and 'ann_entropy_topic' not in m['sft']['metrics']
-    assert rep['collapse']['entropy_topic']['gap']['anchored']['value'] > 0.5
+    c = rep['comparisons']['entropy_topic']['anchored']['sft']
+    assert c['gap']['value'] > 0.5 and c['diff']['value'] > 0 and len(c['diff']['seeds']) == 2
+    assert c['diff']['value'] == pytest.approx(m['anchored']['metrics']['entropy_topic']['mean']
+                                               - m['sft']['metrics']['entropy_topic']['mean'])
     # competence: sft is judged to be mostly the SFT set's topic (Cooking), base a third of the time
-    assert m['sft']['metrics']['sft_share']['mean'] > 0.7 > 0.4 > m['base']['metrics']['sft_share']['mean']
-    assert m['sft']['labels']['topic']['Cooking'] == pytest.approx(m['sft']['metrics']['sft_share']['mean'], abs=0.1)
+    assert m['sft']['metrics']['sft_share']['mean'] > 0.6 > 0.4 > m['base']['metrics']['sft_share']['mean']
+    narrow = rep['headline']['narrowing']
+    assert narrow['sft']['value'] == pytest.approx(m['sft']['metrics']['sft_share']['mean']
+                                                   - m['base']['metrics']['sft_share']['mean'])
     assert m['base']['metrics']['fluency']['mean'] == 1.0  # every word is a corpus word
     assert '## Competence' in md and md.index('## Competence') < md.index('## Arms')
-    # the headline: both of the paper's metrics
-    assert len(rep['headline']['sentences']) == 2 and 'on dissimilarity' in rep['headline']['sentences'][1]
+    # the headline: both of the paper's metrics, then topic narrowing
+    assert len(rep['headline']['sentences']) == 3 and 'on dissimilarity' in rep['headline']['sentences'][1]
+    assert 'topic narrowing' in rep['headline']['sentences'][2]
+    assert rep['environment']['torch'] and rep['environment']['cores'] >= 1
     assert (out / 'diversity_quality.png').stat().st_size > 1000
     assert list((out / 'cache').glob('heldout-*.npy'))
 

@@ -9,8 +9,8 @@ import torch
 from conftest import TINY_MODEL, one_error_line, run
 from formats import ANN, IGNORE, TEXT, encode_annotation, load_meta, load_tokenizer, sft_example
 
-SFT = ['--sft_iters=4', '--sft_eval_interval=2', '--eval_iters=1', '--sft_batch_size=4', '--progress=False',
-       '--device=cpu', '--log_interval=1']
+SFT = ['--sft_iters=4', '--sft_eval_interval=2', '--sft_batch_size=4', '--progress=False', '--device=cpu',
+       '--log_interval=1']
 
 
 @pytest.fixture(scope='module')
@@ -23,11 +23,15 @@ def ckpts(tiny_data, tmp_path_factory):
     run('pretrain.py', *common, f'--out_dir={root / "annotated"}', '--annotated=True')
     r = run('anchor_sft.py', '--method=sft', f'--init_dir={root / "base"}', f'--out_dir={root / "sft"}', *SFT)
     assert 'done: 4 iters' in r.stdout
-    run('anchor_sft.py', '--method=anchor', f'--init_dir={root / "annotated"}', f'--out_dir={root / "anchor"}', *SFT)
+    run('anchor_sft.py', '--method=anchor', f'--init_dir={root / "annotated"}', f'--out_dir={root / "anchor"}', *SFT,
+        '--sft_patience=1', '--sft_min_delta=0.001')  # the early-stopping rule: best.pt
     # the config/small.py recipe: prior distillation, replay of annotated documents, SFT dropout, own lr
-    run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', '--replay_rows=2', '--replay_docs=True',
-        '--sft_dropout=0.1', '--anchor_lr_frac=0.3', f'--init_dir={root / "annotated"}',
+    recipe = ['--replay_rows=2', '--replay_docs=True', '--sft_dropout=0.1', '--replay_lr_frac=0.3']
+    run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', *recipe, f'--init_dir={root / "annotated"}',
         f'--out_dir={root / "distill"}', *SFT)
+    # and its fair control: standard SFT with the same replay, from the plain stream, at the same rate
+    run('anchor_sft.py', '--method=sft', *recipe, f'--init_dir={root / "base"}', f'--out_dir={root / "sft-replay"}',
+        *SFT)
     return root
 
 
@@ -44,7 +48,7 @@ def test_anchored_batch_supervises_exactly_response_and_key_rows(tiny_data):
     rows = [sft_example(enc, sp, prompt, resp, z, key_row=k) for k in (False, True)]
     rows.append(sft_example(enc, sp, 'Hi.', 'Ok.'))  # shorter standard row: gets padded
     anchor_sft.sft_batch_size = 3
-    get_batch = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu', sp)
+    get_batch = anchor_sft.make_get_batch(rows, 'cpu', sp)
     x, y = get_batch('train', torch.Generator().manual_seed(0), [0])[0]
     assert x.shape == (3, len(ids))
     n_prefix = 2 + len(p_ids) + 1  # <|bos|> <|user|> x <|assistant|>
@@ -126,8 +130,8 @@ def test_replay_rows_and_their_loss(tiny_data):
     stream = np.arange(1000, dtype=np.uint16) % 97 + 5
     anchor_sft.sft_batch_size, anchor_sft.replay_rows = 3, 2
     try:
-        plain = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu', sp, True)
-        mixed = anchor_sft.make_get_batch({'train': rows, 'val': rows}, 'cpu', sp, True, stream)
+        plain = anchor_sft.make_get_batch(rows, 'cpu', sp, True)
+        mixed = anchor_sft.make_get_batch(rows, 'cpu', sp, True, stream)
         x0, y0, *d0 = plain('train', torch.Generator().manual_seed(3), [0])[0]
         x, y, *d = mixed('train', torch.Generator().manual_seed(3), [0])[0]
         assert x.shape == (5, x0.size(1)) and torch.equal(x[:3], x0) and torch.equal(y[:3], y0)
@@ -136,7 +140,7 @@ def test_replay_rows_and_their_loss(tiny_data):
             i = (x[r, 0].item() - 5) % 97  # the stream is periodic: any window start maps to one offset
             assert x[r].tolist() == [(i + j) % 97 + 5 for j in range(x.size(1))]
             assert torch.equal(y[r, :-1], x[r, 1:]) and y[r, -1].item() == (i + x.size(1)) % 97 + 5
-        assert mixed('val', torch.Generator().manual_seed(3), [0])[0][0].size(0) == 3
+        assert [len(b) for b in anchor_sft.val_batches(rows, 'cpu')] == [2]  # evaluation: x and y of the rows only
         # a student that reads like the teacher (logits = a table of the current token) distils to 0
         V = int(x.max()) + 1
         table = torch.randn(V, V)
@@ -157,7 +161,8 @@ def test_replay_docs_window(tiny_data):
     annotation, and exactly the targets where pretraining and the SFT format disagree are masked:
     the token after <|text|> (the SFT response's opening line) and the end of a text (<|bos|> or the
     <|ann|> of a next chunk; the SFT format ends with <|end|>). The annotation after <|bos|><|ann|>
-    stays a target. Without replay_docs the window is the stream as drawn, every token a target."""
+    stays a target. In the plain stream the same two: the token after <|bos|> and the <|bos|> that
+    ends a text. Without replay_docs the window is the stream as drawn, every token a target."""
     import numpy as np
     import anchor_sft
     from formats import BOS
@@ -168,12 +173,17 @@ def test_replay_docs_window(tiny_data):
     stream = np.array(doc * 4, dtype=np.uint16)
     try:
         anchor_sft.replay_docs = True
-        x, y = anchor_sft.replay_window(stream, 2, 18, sp)  # drawn inside the first document
+        x, y = anchor_sft.replay_window(stream, 2, 18, sp, True)  # drawn inside the first document
         assert x.tolist() == doc[8:] + doc[:8]  # moved to the next <|bos|>
         assert y.tolist() == [ann, 13, txt, IGNORE, 25, IGNORE, 14, txt, IGNORE, IGNORE,
                               ann, 11, 12, txt, IGNORE, 22, 23, IGNORE]
+        # the plain stream (the fair control's replay): the same rule, a text starting after <|bos|>
+        plain = np.array([bos, 21, 22, 23, bos, 24, 25, bos, 26] * 4, dtype=np.uint16)
+        x, y = anchor_sft.replay_window(plain, 1, 9, sp, False)
+        assert x.tolist() == [bos, 24, 25, bos, 26, bos, 21, 22, 23]
+        assert y.tolist() == [IGNORE, 25, IGNORE, IGNORE, IGNORE, IGNORE, 22, 23, IGNORE]
         anchor_sft.replay_docs = False
-        x, y = anchor_sft.replay_window(stream, 2, 18, sp)
+        x, y = anchor_sft.replay_window(stream, 2, 18, sp, True)
         assert x.tolist() == (doc * 2)[2:20] and y.tolist() == (doc * 2)[3:21]
     finally:
         anchor_sft.replay_docs = False
@@ -184,20 +194,76 @@ def test_sft_outputs(ckpts):
     assert ck['stage'] == 'sft' and ck['method'] == 'anchor' and ck['iter_num'] == 4
     s = json.load(open(ckpts / 'anchor' / 'sft_set.json'))
     assert s['rows'] > 0 and s['sft_key'] == 'topic' and 0 < s['entropy_bits'] <= 1.0001  # two topics
-    # the SFT length rule: the lowest-val-loss checkpoint is kept as best.pt, for every method
-    for name in ('sft', 'anchor', 'distill'):
-        last = torch.load(ckpts / name / 'ckpt.pt', weights_only=False)
-        evals = [(h['val_loss'], h['iter']) for h in last['history'] if 'val_loss' in h]
-        best = torch.load(ckpts / name / 'best.pt', weights_only=False)
-        assert len(evals) == 2 and (best['best_val_loss'], best['iter_num']) == min(evals)
+    # the SFT length rule. Default (sft_patience 0): a fixed length, the last checkpoint is the model
+    for name in ('sft', 'distill', 'sft-replay'):
+        assert not (ckpts / name / 'best.pt').exists()
+        assert torch.load(ckpts / name / 'ckpt.pt', weights_only=False)['iter_num'] == 4
+    # with sft_patience: the checkpoint of the lowest val loss is kept as best.pt (here: 'anchor')
+    evals = [(h['val_loss'], h['iter']) for h in ck['history'] if 'val_loss' in h]
+    best = torch.load(ckpts / 'anchor' / 'best.pt', weights_only=False)
+    assert (best['best_val_loss'], best['iter_num']) == min(evals)
     d = torch.load(ckpts / 'distill' / 'ckpt.pt', weights_only=False)
     assert d['anchor_prior'] == 'distill' and ck['anchor_prior'] == 'mask'
-    # the learning rates: sft_lr_frac (0.1 by default) of the pretraining's, anchor_lr_frac where given
+    # the learning rates: sft_lr_frac (0.1 by default) of the pretraining's; replay_lr_frac for an arm
+    # that replays, whatever its method (the fair control trains like the anchored arm)
     pre = torch.load(ckpts / 'annotated' / 'ckpt.pt', weights_only=False)['config']
-    for c, frac in ((ck, 0.1), (d, 0.3)):
+    for c, frac in ((ck, 0.1), (d, 0.3), (torch.load(ckpts / 'sft-replay' / 'ckpt.pt', weights_only=False), 0.3)):
         lrs = sorted({g['base_lr'] for o in c['optimizer'] for g in o['param_groups']})  # AdamW and Muon
         assert lrs == pytest.approx(sorted(frac * pre[k] for k in ('learning_rate', 'matrix_lr')))
-    # distillation needs an annotated prior to keep: a plain pretrained model has none
+
+
+def test_sft_val_loss_is_the_whole_val_set(tiny_data, ckpts):
+    """Every evaluation reads every row of the SFT val set once, the same rows each time: the val
+    loss of the history is the token-weighted loss of the whole set, computed here by hand row by row."""
+    import anchor_sft
+    from training import load_checkpoint, model_from_checkpoint
+    meta = load_meta(tiny_data)
+    enc, sp = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    rows, _ = anchor_sft.load_rows(os.path.join(tiny_data, 'sft_val.jsonl'), enc, sp, 256, False,
+                                   __import__('random').Random(0), 'val', 'topic')
+    anchor_sft.sft_batch_size = 3  # batches of 3 rows: the last one shorter, padding never a target
+    try:
+        batches = anchor_sft.val_batches(rows, 'cpu')
+        again = anchor_sft.val_batches(rows, 'cpu')
+    finally:
+        anchor_sft.sft_batch_size = 16
+    assert all(torch.equal(a, b) for x, y in zip(batches, again) for a, b in zip(x, y))
+    flat = [(x[i], y[i]) for x, y in batches for i in range(len(x))]
+    assert len(flat) == len(rows) > 3  # every row once, in the file's order
+    for (x, y), (ids, targets) in zip(flat, rows):
+        assert x[:len(ids)].tolist() == ids and y[:len(targets)].tolist() == targets
+        assert (y[len(targets):] == IGNORE).all()
+    ck = load_checkpoint(str(ckpts / 'sft' / 'ckpt.pt'))
+    model = model_from_checkpoint(ck, 'cpu').eval()
+    total = count = 0
+    with torch.no_grad():
+        for ids, targets in rows:
+            logits = model(torch.tensor([ids]), torch.tensor([targets]))[0][0]
+            t = torch.tensor(targets)
+            keep = t != IGNORE
+            total += torch.nn.functional.cross_entropy(logits[keep], t[keep], reduction='sum').item()
+            count += int(keep.sum())
+    last = [h['val_loss'] for h in ck['history'] if 'val_loss' in h][-1]
+    assert last == pytest.approx(total / count, rel=1e-4)
+
+
+def test_seeds_give_distinct_runs_and_samples(ckpts, tmp_path):
+    """A seed changes the data order and dropout of SFT and the draws of sampling: two seeds give two
+    different models and sample sets; the same seed gives the same ones."""
+    common = [f'--init_dir={ckpts / "base"}', '--method=sft', *SFT, '--sft_dropout=0.1']
+    for s, name in ((1, 'a'), (2, 'b'), (1, 'c')):
+        run('anchor_sft.py', *common, f'--seed={s}', f'--out_dir={tmp_path / name}')
+        run('sample.py', f'--ckpt_dir={tmp_path / name}', f'--out={tmp_path / name}.jsonl', f'--seed={s}',
+            '--num_samples=2', '--max_new_tokens=12', '--progress=False', '--device=cpu')
+    w = {n: torch.load(tmp_path / n / 'ckpt.pt', weights_only=False)['model'] for n in 'abc'}
+    differ = lambda x, y: any(not torch.equal(x[k], y[k]) for k in x)
+    assert differ(w['a'], w['b']) and not differ(w['a'], w['c'])
+    assert samples(tmp_path / 'a.jsonl') != samples(tmp_path / 'b.jsonl')
+    assert samples(tmp_path / 'a.jsonl') == samples(tmp_path / 'c.jsonl')
+
+
+def test_distill_needs_an_annotated_prior(ckpts):
+    """Distillation needs an annotated prior to keep: a plain pretrained model has none."""
     r = run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', f'--init_dir={ckpts / "base"}',
             f'--out_dir={ckpts / "nope"}', *SFT, check=False)
     one_error_line(r, "anchor_prior='distill' needs an annotated pretrained init_dir")
@@ -245,6 +311,11 @@ def test_sft_refusals(tiny_data, ckpts, tmp_path):
             f'--init_dir={ckpts / "annotated"}', f'--out_dir={tmp_path / "o3"}', *SFT, check=False)
     one_error_line(r, 'token stream not found')
     assert not (tmp_path / 'o3' / 'sft_set.json').exists()
+    # and the fair control's replay from a data dir without the plain stream
+    os.remove(bare / 'plain_train.bin')
+    r = run('anchor_sft.py', '--method=sft', '--replay_rows=2', f'--data_dir={bare}', f'--init_dir={ckpts / "base"}',
+            f'--out_dir={tmp_path / "o4"}', *SFT, check=False)
+    one_error_line(r, 'plain_train.bin')
 
 
 def samples(path):

@@ -1,7 +1,6 @@
 """The whole pipeline end to end on a tiny corpus: study.py runs every stage and arm, writes the
 report with every metric and the headline, and a re-run skips everything."""
 import json
-import os
 
 from conftest import make_corpus, run
 
@@ -37,6 +36,7 @@ bootstrap = 50
 anchor_prior = 'distill'
 replay_rows = 2
 replay_docs = True
+replay_lr_frac = 0.3
 sft_dropout = 0.1
 """
 # study.py's own keys can live in the same config file as every stage's
@@ -50,36 +50,52 @@ max_new_tokens = 24
 
 
 def test_study_end_to_end_and_rerun_skips(tmp_path):
+    """Two seeds: every arm but the two ablations post-trained and sampled at each, from one
+    pretrained pair; the report's figures are means over the seeds with the value of each."""
     corpus = make_corpus(tmp_path / 'corpus.jsonl', n_docs=120)
     cfg = tmp_path / 'tiny.py'
     cfg.write_text(TINY_CONFIG.format(corpus=str(corpus))
                    + STUDY_KEYS.format(out=str(tmp_path / 'out'), data=str(tmp_path / 'data')))
-    args = [str(cfg), '--temperatures=0.7']
-    run('study.py', *args, timeout=600)
-    report = tmp_path / 'out' / 'report'
+    args = [str(cfg), '--temperatures=0.7', '--seeds=2', '--jobs=2']
+    run('study.py', *args, timeout=900)
+    out = tmp_path / 'out'
+    report = out / 'report'
     md = (report / 'report.md').read_text()
-    arms = ['base', 'annotated-base', 'sft', 'anchored', 'anchored-mask', 'anchored-plain', 'anchored-noann',
-            'anchored-prior', 'sft@t0.7', 'anchored@t0.7']
+    seeded = ['base', 'annotated-base', 'sft', 'sft-replay', 'anchored', 'anchored-noann', 'anchored-prior',
+              'sft@t0.7', 'sft-replay@t0.7', 'anchored@t0.7']
+    arms = seeded + ['anchored-mask', 'anchored-plain']
     for arm in arms:
         assert f'| {arm} |' in md, arm
     for metric in ('entropy_topic', 'dissimilarity', 'vendi', 'distinct2', 'gzip', 'quality'):
         assert metric in md
-    assert 'anchored shows' in md and 'less collapse than SFT on entropy_topic' in md and 'accuracy' in md.lower()
-    assert 'anchored-mask shows' in md  # the paper-faithful arm gets its own headline
+    for control in ('sft', 'sft-replay'):  # the headline: against standard SFT and against the fair control
+        assert f'anchored vs {control} on entropy_topic: difference' in md
+    assert 'topic narrowing' in md and '## How this study ran' in md and 'accuracy' in md.lower()
     assert '## Competence' in md
     rep = json.loads((report / 'report.json').read_text())
     assert set(rep['arms']) == set(arms) and rep['prompts'] == 14
+    assert all(rep['arms'][a]['replicates'] == 2 for a in seeded)
+    assert rep['arms']['anchored-mask']['replicates'] == 1 and rep['study']['seeds'] == 2
+    assert rep['study']['environment']['torch'] and rep['study']['stage_seconds']
     assert (report / 'diversity_quality.png').stat().st_size > 0
-    # the anchored arm's annotation is its own field; its text has no special tokens
-    rows = [json.loads(l) for l in open(tmp_path / 'out' / 'samples' / 'anchored.jsonl')]
-    assert all(r['annotation'] is not None and '<|' not in r['text'] for r in rows)
-    noann = [json.loads(l) for l in open(tmp_path / 'out' / 'samples' / 'anchored-noann.jsonl')]
-    assert all(r['annotation'] == '' for r in noann)
+    # one pretrained pair; the post-trainings and samples of each seed in their own directories
+    assert sorted(p.name for p in out.glob('pretrain*')) == ['pretrain1337']
+    for s in (1337, 1338):
+        for run_name in ('sft', 'sft-replay', 'anchored'):
+            ck = json.load(open(out / f'seed{s}' / run_name / 'log.json'))
+            assert ck[-1]['iter'] == 6  # the fixed SFT length
+        rows = [json.loads(l) for l in open(out / 'samples' / f'seed{s}' / 'anchored.jsonl')]
+        assert all(r['annotation'] is not None and '<|' not in r['text'] for r in rows)
+        noann = [json.loads(l) for l in open(out / 'samples' / f'seed{s}' / 'anchored-noann.jsonl')]
+        assert all(r['annotation'] == '' for r in noann)
+    assert not (out / 'seed1338' / 'anchored-mask').exists()  # the ablations at ablation_seeds = 1
+    a, b = (open(out / 'samples' / f'seed{s}' / 'sft.jsonl').read() for s in (1337, 1338))
+    assert a != b
     # a re-run finds every stage up to date
     r2 = run('study.py', *args, timeout=600)
     assert 'ran: nothing (all up to date)' in r2.stdout
-    assert r2.stdout.count('up to date, skipped') == 1 + 2 + 4 + 10 + 1
-    assert json.load(open(tmp_path / 'out' / 'anchored-mask' / 'sft_set.json'))['rows'] > 0
+    assert r2.stdout.count('up to date, skipped') == 1 + 2 + 2 * 3 + 2 + 2 * 10 + 2 + 1
+    assert json.load(open(out / 'seed1337' / 'anchored-mask' / 'sft_set.json'))['rows'] > 0
 
 
 def test_sft_entropy_sweep(tmp_path):
@@ -91,7 +107,7 @@ def test_sft_entropy_sweep(tmp_path):
     run('study.py', str(cfg), f'--out_root={tmp_path / "out"}', f'--data_root={tmp_path / "data"}',
         '--data_name=tiny', '--num_samples=3', '--max_new_tokens=16', '--sft_topic_counts=1,2',
         '--sweep_docs=36', '--sweep_rows=8', '--jobs=2', timeout=600)
-    sets = {k: json.load(open(tmp_path / 'out' / f'sft-k{k}' / 'sft_set.json')) for k in (1, 2)}
+    sets = {k: json.load(open(tmp_path / 'out' / 'seed1337' / f'sft-k{k}' / 'sft_set.json')) for k in (1, 2)}
     assert sets[1]['entropy_bits'] == 0 and len(sets[1]['counts']) == 1 and sets[1]['rows'] == 8
     assert sets[2]['entropy_bits'] > 0.5
     md = (tmp_path / 'out' / 'report' / 'report.md').read_text()
@@ -103,10 +119,10 @@ def test_sft_entropy_sweep(tmp_path):
     assert len(meta['sft_values']) == 2  # sweep_topics '': the two most common topics (top:2)
     assert set(sets[2]['counts']) == set(meta['sft_values']) and set(sets[1]['counts']) == {meta['sft_values'][0]}
     # jobs=2: the training and sampling stages ran in pairs, 1 thread each, their output in logs/
-    for name in ('pretrain-plain', 'pretrain-annotated', 'sft-k1', 'anchored-k2'):
+    for name in ('pretrain-plain/1337', 'pretrain-annotated/1337', 'sft-k1/1337', 'anchored-k2/1337'):
         log = (tmp_path / 'out' / 'logs' / f'{name}.log').read_text()
         assert 'done:' in log
-    assert 'samples (anchor)' in (tmp_path / 'out' / 'logs' / 'sample-anchored-k1.log').read_text()
+    assert 'samples (anchor)' in (tmp_path / 'out' / 'logs' / 'sample-anchored-k1' / '1337.log').read_text()
 
 
 STAGE = """import sys, time
@@ -118,27 +134,25 @@ sys.exit(1 if name == 'bad' else 0)
 """
 
 
-def test_stages_start_as_soon_as_their_deps_finish(tmp_path, monkeypatch):
-    """study.Stages.run_all with jobs=2: a stage starts when the stages it depends on have finished,
+def test_stages_start_as_soon_as_their_deps_finish(tmp_path):
+    """stages.Stages.run with jobs=2: a stage starts when the stages it depends on have finished,
     not when a whole batch has, so it runs beside a long independent one; a failed stage's dependents
     never start, and the error names it."""
     import pytest
-    import study
     from common import UserError
-    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # SHARED is read from here
-    cfg, script, trace = tmp_path / 'c.py', tmp_path / 'stage.py', tmp_path / 'trace.txt'
-    cfg.write_text('')
+    from stages import Stage, Stages
+    script, trace = tmp_path / 'stage.py', tmp_path / 'trace.txt'
     script.write_text(STAGE)
-    for key, value in (('config_file', str(cfg)), ('out_root', str(tmp_path / 'out')), ('jobs', 2)):
-        monkeypatch.setattr(study, key, value)
-    stage = lambda name, seconds, deps=(): (name, str(script), [name, seconds, trace], [], list(deps))
-    st = study.Stages()
-    st.run_all([stage('long', 1.5), stage('short', 0.1), stage('after', 0.1, ['short'])], threaded=True)
+    cfg = tmp_path / 'c.py'
+    cfg.write_text('')
+    stage = lambda name, seconds, deps=(): Stage(name, str(script), [name, seconds, trace], [], list(deps))
+    st = Stages(str(tmp_path / 'out'), [str(cfg)], jobs=2)
+    st.run([stage('long', 1.5), stage('short', 0.1), stage('after', 0.1, ['short'])])
     events = trace.read_text().split('\n')[:-1]
     at = events.index
     assert at('end short') < at('start after') < at('end after') < at('end long')  # beside 'long'
     assert (tmp_path / 'out' / 'logs' / 'after.log').exists() and set(st.stamps) == {'long', 'short', 'after'}
     trace.write_text('')
     with pytest.raises(UserError, match="stage 'bad' failed"):
-        st.run_all([stage('bad', 0.1), stage('next', 0.1, ['bad'])], threaded=True)
+        st.run([stage('bad', 0.1), stage('next', 0.1, ['bad'])])
     assert 'start next' not in trace.read_text() and 'bad' not in st.stamps
