@@ -2,25 +2,25 @@
 Post-training of a pretrained checkpoint on sft_train.jsonl: standard SFT or annotation-anchored SFT.
 
     python anchor_sft.py config/small.py --method=sft    --init_dir=out/base      --out_dir=out/sft
-    python anchor_sft.py config/small.py --method=anchor --init_dir=out/annotated --out_dir=out/anchored
+    python anchor_sft.py config/small.py --method=anchored --init_dir=out/annotated --out_dir=out/anchored
 
 method='sft':    <|bos|><|user|> x <|assistant|> y <|end|>                     loss on y <|end|>
-method='anchor': <|bos|><|user|> x <|assistant|><|ann|> z <|text|> y <|end|>   loss on y <|end|>
+method='anchored': <|bos|><|user|> x <|assistant|><|ann|> z <|text|> y <|end|>   loss on y <|end|>
 
 Anchored SFT masks the annotation z, so the model learns the response style Q*(y|x,z) from the SFT
 data but its annotation distribution R(z|x) stays the broad one of pretraining (paper, method).
 In a small fraction of rows (paper: 0.3%) the keys and delimiters of z are supervised too, to keep
 the annotation format stable; the values stay masked. Same loop, DDP and checkpoints as pretrain.py.
 
-Keeping R(z|x) at small scale (DESIGN.md section 1.8): masking z removes the SFT gradient that would
-pull R(z|x) toward the narrow SFT data, but the shared weights of a small model still drift (the
-response style leaks into the annotation, the annotation format is forgotten). anchor_prior='distill'
-adds prior distillation: lambda * KL(R_pre(. | z_<t) || R_theta(. | x, z_<t)) at the annotation
+Keeping R(z|x) at small scale (docs/METHOD.md "Keeping the prior at small scale"): masking z removes
+the SFT gradient that would pull R(z|x) toward the narrow SFT data, but the shared weights of a small
+model still drift (the response style leaks into the annotation, the annotation format is forgotten).
+anchor_prior='distill' adds prior distillation: lambda * KL(R_pre(. | z_<t) || R_theta(. | x, z_<t)) at the annotation
 positions t, where R_pre is the frozen annotated-pretrained model (the SFT's starting point) reading
 the same annotation after <|bos|><|ann|>, i.e. exactly the pretraining prior the paper wants kept.
 The SFT rows' own annotation values are never targets (that would pull R(z|x) to the narrow slice).
 replay_rows > 0 adds replay: that many windows of the pretraining stream the model was trained on
-(annotated for method='anchor': <|ann|> z <|text|> text; plain for method='sft') join every training
+(annotated for method='anchored': <|ann|> z <|text|> text; plain for method='sft') join every training
 micro-batch, every token a target as in pretraining, so the SFT steps keep practising the documents of
 every topic, not only the SFT set's (for the anchored arm: text that follows its annotation, i.e.
 fidelity). replay_docs=True replays whole documents and leaves their boundaries (how a text starts,
@@ -42,12 +42,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import UserError, main_guard, read_jsonl, write_json
-from formats import (ANN, BOS, IGNORE, TEXT, annotation_span, load_meta, load_tokenizer, parse_annotation, sft_example,
+from common import UserError, main_guard, read_jsonl, split_list, write_json
+from formats import (ANN, BOS, IGNORE, TEXT, annotation_span, annotation_values, load_meta, load_tokenizer, sft_example,
                      token_stream)
 from metrics import entropy_bits
-from training import (check_meta, check_training_config, lm_loss, load_checkpoint, lr_multiplier, model_from_checkpoint,
-                      peak_flops, resume_state, setup_device, train)
+from training import (check_meta, check_training_config, lm_loss, load_annotated_prior, load_checkpoint, lr_multiplier,
+                      model_from_checkpoint, peak_flops, resume_state, setup_device, train)
 
 # -----------------------------------------------------------------------------
 # default config; keys shared with pretrain.py in one config file keep their meaning
@@ -55,7 +55,7 @@ from training import (check_meta, check_training_config, lm_loss, load_checkpoin
 init_dir = 'out/base'  # the pretrained checkpoint (init_dir/ckpt.pt)
 out_dir = 'out/sft'
 data_dir = ''  # '' = the data dir the pretrained checkpoint was trained on
-method = 'sft'  # 'sft' (standard) or 'anchor' (annotation-anchored)
+method = 'sft'  # 'sft' (standard) or 'anchored' (annotation-anchored)
 key_fraction = 0.003  # anchored: fraction of rows whose annotation keys are supervised (paper: 0.3%)
 anchor_prior = 'mask'  # anchored: 'mask' (the paper: z is only masked) or 'distill' (+ prior distillation)
 distill_weight = 1.0  # lambda of the prior-distillation KL (per annotation position, like the LM loss per token)
@@ -95,7 +95,7 @@ config = configure(globals())
 # -----------------------------------------------------------------------------
 
 
-def load_rows(path, enc, sp, block_size, anchored, rng, what, sft_key):
+def load_rows(path, enc, special, block_size, anchored, rng, what, sft_key):
     """Encoded SFT rows [(ids, targets)] and their sft_key values. Rows of other topics than
     sft_topics and rows longer than block_size are dropped (with a count), then at most
     sft_max_rows are kept."""
@@ -111,18 +111,18 @@ def load_rows(path, enc, sp, block_size, anchored, rng, what, sft_key):
         if bad:
             raise UserError(f"{path}: row {i + 1}: field '{bad[0]}' is {type(r[bad[0]]).__name__}, not text")
         if anchored and r['annotation'] is None:
-            raise UserError(f"{path}: row {i + 1}: method='anchor' needs an annotation, got null")
+            raise UserError(f"{path}: row {i + 1}: method='anchored' needs an annotation, got null")
     if anchored and not any(r.get('annotation') for r in rows):
-        raise UserError(f"method='anchor' needs annotated SFT rows, but {path} has no annotations")
-    topic = lambda r: dict(parse_annotation(r.get('annotation'))).get(sft_key)
-    allowed = {'_'.join(v.split()) for v in sft_topics.split(',') if v.strip()}
+        raise UserError(f"method='anchored' needs annotated SFT rows, but {path} has no annotations")
+    topic = lambda r: annotation_values(r.get('annotation')).get(sft_key)
+    allowed = {'_'.join(v.split()) for v in split_list(sft_topics)}
     if allowed:
         rows = [r for r in rows if topic(r) in allowed]
         if not rows:
             raise UserError(f"no row of {path} has {sft_key} in {sorted(allowed)}")
     # a row must fit in its anchored form under both methods, so that the sft and the anchor arms
     # learn from exactly the same responses
-    fits = [r for r in rows if len(sft_example(enc, sp, r['prompt'], r['response'], r.get('annotation'))[0])
+    fits = [r for r in rows if len(sft_example(enc, special, r['prompt'], r['response'], r.get('annotation'))[0])
             <= block_size]
     if not fits:
         raise UserError(f"all {len(rows)} rows of {path} are longer than block_size={block_size}")
@@ -133,29 +133,29 @@ def load_rows(path, enc, sp, block_size, anchored, rng, what, sft_key):
     # key rows: the paper's 0.3%, at least one row so the keys are seen at all on a small set
     n_key = max(1, round(len(fits) * key_fraction)) if anchored and key_fraction > 0 else 0
     key_rows = set(rng.sample(range(len(fits)), min(n_key, len(fits))))
-    out = [sft_example(enc, sp, r['prompt'], r['response'], r.get('annotation') if anchored else None,
+    out = [sft_example(enc, special, r['prompt'], r['response'], r.get('annotation') if anchored else None,
                        key_row=i in key_rows) for i, r in enumerate(fits)]
     return out, [topic(r) for r in fits]
 
 
-def distill_inputs(seqs, sp):
+def distill_inputs(seqs, special):
     """Prior distillation's view of anchored rows: the teacher's input <|bos|><|ann|> z per row,
     the student's positions that predict z and <|text|> (start..end-1 of annotation_span), and a
     mask; padded to the longest annotation. Teacher position j + 1 and student position start + j
     predict the same token, so teacher logits [:, 1:] line up with the student positions."""
-    spans = [annotation_span(ids, sp) for ids in seqs]
+    spans = [annotation_span(ids, special) for ids in seqs]
     P = max(e - s for s, e in spans)
     t_in = torch.zeros(len(seqs), P + 1, dtype=torch.long)
     s_pos = torch.zeros(len(seqs), P, dtype=torch.long)
     mask = torch.zeros(len(seqs), P, dtype=torch.bool)
     for b, (ids, (s, e)) in enumerate(zip(seqs, spans)):
-        t_in[b, :e - s + 1] = torch.tensor([sp[BOS]] + ids[s:e])
+        t_in[b, :e - s + 1] = torch.tensor([special[BOS]] + ids[s:e])
         s_pos[b, :e - s] = torch.arange(s, e)
         mask[b, :e - s] = True
     return t_in, s_pos, mask
 
 
-def replay_window(stream, i, T, sp, annotated):
+def replay_window(stream, i, T, special, annotated):
     """Inputs and targets of one replayed window of T tokens from stream position i, every token a
     target as in pretraining. With replay_docs the window starts at the first document start
     (<|bos|>) within T tokens of i, so its text is seen from its beginning (and with its annotation
@@ -165,13 +165,13 @@ def replay_window(stream, i, T, sp, annotated):
     where a response has <|end|>. Replay then keeps the model writing documents of every topic
     without teaching it to drop the SFT format's first line or to run past <|end|>."""
     if replay_docs:
-        j = np.flatnonzero(stream[i:i + T] == sp[BOS])
+        j = np.flatnonzero(stream[i:i + T] == special[BOS])
         i = min(i + int(j[0]), len(stream) - T - 1) if len(j) else i  # near the stream's end: as drawn
     w = torch.from_numpy(stream[i:i + T + 1].astype(np.int64))
     x, y = w[:-1], w[1:].clone()
     if replay_docs:
-        text_starts = x == sp[TEXT] if annotated else x == sp[BOS]
-        text_ends = (y == sp[BOS]) | ((y == sp[ANN]) & (x != sp[BOS]))
+        text_starts = x == special[TEXT] if annotated else x == special[BOS]
+        text_ends = (y == special[BOS]) | ((y == special[ANN]) & (x != special[BOS]))
         y[text_starts | text_ends] = IGNORE
     return x, y
 
@@ -188,7 +188,7 @@ def pad_rows(rows, extra=0):
     return x, y
 
 
-def make_get_batch(rows, device, sp, distill=False, replay=None, annotated=False):
+def make_get_batch(rows, device, special, distill=False, replay=None, annotated=False):
     """Training batches of random rows. With distill (prior distillation) every batch also carries
     distill_inputs. With replay (a token stream, annotated or plain), replay_rows windows of it, as long
     as the micro-batch, follow the SFT rows in every batch, all their tokens targets (the loss is one
@@ -206,8 +206,8 @@ def make_get_batch(rows, device, sp, distill=False, replay=None, annotated=False
             batch = [rows[i] for i in picks[m].tolist()]
             x, y = pad_rows(batch, n_rep)
             for r, i in enumerate(starts[m].tolist() if n_rep else ()):
-                x[len(batch) + r], y[len(batch) + r] = replay_window(replay, i, x.size(1), sp, annotated)
-            extra = distill_inputs([ids for ids, _ in batch], sp) if distill else ()
+                x[len(batch) + r], y[len(batch) + r] = replay_window(replay, i, x.size(1), special, annotated)
+            extra = distill_inputs([ids for ids, _ in batch], special) if distill else ()
             out.append(tuple(t.to(device) for t in (x, y, *extra)))
         return out
     return get_batch
@@ -244,23 +244,21 @@ def prior_distill_loss(teacher, weight):
     return loss_fn
 
 
-def load_teacher(ckpt, device):
+def load_teacher(ckpt, device, meta):
     """The frozen annotated-pretrained model whose annotation prior distillation keeps: the SFT's
     own starting point (for a resumed run, the one it started from)."""
-    pre = ckpt if ckpt.get('stage') == 'pretrain' else load_checkpoint(os.path.join(ckpt['init_dir'], 'ckpt.pt'))
-    if pre.get('stage') != 'pretrain' or not pre.get('annotated'):
+    if not ckpt.get('annotated'):
         raise UserError("anchor_prior='distill' needs an annotated pretrained init_dir (the prior to keep); "
                         "use anchor_prior='mask' on a plain pretrained model")
-    teacher = model_from_checkpoint(pre, device).eval()
-    teacher.requires_grad_(False)
-    return teacher
+    teacher_dir = init_dir if init_from == 'pretrained' else ckpt['init_dir']
+    return load_annotated_prior(teacher_dir, device, meta['fingerprint'], 'init_dir')
 
 
 def check_resume(ckpt):
     """A resumed run continues the same post-training: the same method and remedy."""
     if ckpt.get('stage') != 'sft' or ckpt.get('method') != method:
         raise UserError(f"{out_dir}/ckpt.pt is not a method='{method}' SFT checkpoint")
-    if ckpt.get('anchor_prior') != (anchor_prior if method == 'anchor' else None):
+    if ckpt.get('anchor_prior') != (anchor_prior if method == 'anchored' else None):
         raise UserError(f"{out_dir}/ckpt.pt was trained with anchor_prior={ckpt.get('anchor_prior')}, "
                         f"not {anchor_prior}")
     for key, default in (('replay_rows', 0), ('replay_docs', False)):
@@ -283,17 +281,17 @@ def load_start():
 
 def load_sft_data(ddir, meta, block_size):
     """The SFT rows of both splits, their topics, and the replay stream: the pretraining stream of the
-    model's own kind (annotated for method='anchor', plain for 'sft'), checked before anything is
+    model's own kind (annotated for method='anchored', plain for 'sft'), checked before anything is
     written and longer than a window of the longest row (block_size + 1), so a start can be drawn."""
-    anchored = method == 'anchor'
+    anchored = method == 'anchored'
     if anchored and not meta.get('annotation_keys'):
-        raise UserError(f"method='anchor' needs a data dir with annotations; {ddir} has none")
+        raise UserError(f"method='anchored' needs a data dir with annotations; {ddir} has none")
     replay = token_stream(ddir, 'annotated' if anchored else 'plain', 'train', block_size + 2) if replay_rows else None
-    enc, sp = load_tokenizer(ddir, meta), meta['special_tokens']
+    enc, special = load_tokenizer(ddir, meta), meta['special_tokens']
     rng = random.Random(seed)
     rows, topics = {}, {}
     for split in ('train', 'val'):
-        rows[split], topics[split] = load_rows(os.path.join(ddir, f'sft_{split}.jsonl'), enc, sp, block_size,
+        rows[split], topics[split] = load_rows(os.path.join(ddir, f'sft_{split}.jsonl'), enc, special, block_size,
                                                anchored, rng, f'SFT {split} set', meta.get('sft_key'))
     return rows, topics, replay
 
@@ -315,7 +313,7 @@ def main():
                           nonneg=('sft_lr_frac', 'sft_warmup_iters', 'distill_weight', 'sft_max_rows', 'sft_patience',
                                   'sft_min_delta', 'replay_rows'),
                           fractions=('key_fraction', 'sft_warmdown_frac', 'sft_final_lr_frac'),
-                          choices=dict(method=('sft', 'anchor'), anchor_prior=('mask', 'distill'),
+                          choices=dict(method=('sft', 'anchored'), anchor_prior=('mask', 'distill'),
                                        init_from=('pretrained', 'resume')), dropout_key='sft_dropout')
     if threads:
         torch.set_num_threads(threads)
@@ -324,17 +322,17 @@ def main():
     ddir = data_dir or ckpt['data_dir']
     meta = load_meta(ddir)
     check_meta(ckpt, meta, ddir)
-    distill = method == 'anchor' and anchor_prior == 'distill'
-    teacher = load_teacher(ckpt, env['device']) if distill else None
+    distill = method == 'anchored' and anchor_prior == 'distill'
+    teacher = load_teacher(ckpt, env['device'], meta) if distill else None
     model_args = dict(ckpt['model_args'], dropout=sft_dropout)
     rows, topics, replay = load_sft_data(ddir, meta, model_args['block_size'])
     torch.manual_seed(seed + env['rank'])
     ckpt['model_args'] = model_args
     model = model_from_checkpoint(ckpt, env['device'])
-    pre = ckpt['config'] if init_from == 'pretrained' else ckpt['pretrain_config']
+    pretrain_config = ckpt['config'] if init_from == 'pretrained' else ckpt['pretrain_config']
     lr_frac = replay_lr_frac if replay_rows and replay_lr_frac >= 0 else sft_lr_frac
-    optimizer = model.configure_optimizers(pre['optimizer'], lr_frac * pre['learning_rate'],
-                                           lr_frac * pre['matrix_lr'], weight_decay, (beta1, beta2),
+    optimizer = model.configure_optimizers(pretrain_config['optimizer'], lr_frac * pretrain_config['learning_rate'],
+                                           lr_frac * pretrain_config['matrix_lr'], weight_decay, (beta1, beta2),
                                            env['device_type'])
     state = resume_state(None)
     if init_from == 'resume':
@@ -343,11 +341,11 @@ def main():
     if env['master']:
         write_sft_set(meta, rows, topics, env)
     extra = dict(stage='sft', method=method, model_args=model_args, config=config, data_dir=ddir,
-                 meta_fingerprint=meta['fingerprint'], pretrain_config=pre,
+                 meta_fingerprint=meta['fingerprint'], pretrain_config=pretrain_config,
                  init_dir=ckpt['init_dir'] if init_from == 'resume' else init_dir,
-                 annotated=ckpt.get('annotated', False), anchor_prior=anchor_prior if method == 'anchor' else None)
-    sp = meta['special_tokens']
-    get_batch = make_get_batch(rows['train'], env['device'], sp, distill, replay, annotated=method == 'anchor')
+                 annotated=ckpt.get('annotated', False), anchor_prior=anchor_prior if method == 'anchored' else None)
+    special = meta['special_tokens']
+    get_batch = make_get_batch(rows['train'], env['device'], special, distill, replay, annotated=method == 'anchored')
     lr_at = partial(lr_multiplier, max_iters=sft_iters, warmup_iters=sft_warmup_iters, schedule='wsd',
                     warmdown_frac=sft_warmdown_frac, final_lr_frac=sft_final_lr_frac)
     train(model, optimizer, get_batch, {'val': lambda: val_batches(rows['val'], env['device'])}, env, state, extra,

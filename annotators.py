@@ -31,8 +31,8 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
-from common import UserError, check_config, check_device, check_out_dir, main_guard
-from formats import fingerprint, format_annotation, parse_annotation
+from common import UserError, check_config, check_device, check_out_dir, main_guard, split_list
+from formats import annotation_values, fingerprint, format_annotation, parse_annotation
 
 # -----------------------------------------------------------------------------
 # config: the keys annotate.py passes in cfg; a missing key takes its default here
@@ -115,7 +115,7 @@ def parse_labels(spec):
         name = ' '.join(name.split())
         if not name:
             raise UserError(f"embed_labels entry '{entry}' has no label name before ':'")
-        out.append((name, [name] + [t.strip() for t in terms.split(',') if t.strip()]))
+        out.append((name, [name] + split_list(terms)))
     values = [format_annotation([('k', n)]) for n, _ in out]
     dup = [v for v, c in Counter(values).items() if c > 1]
     if dup:
@@ -126,7 +126,7 @@ def parse_labels(spec):
 
 
 def parse_keys(spec):
-    keys = [k.strip() for k in spec.split(',') if k.strip()]
+    keys = split_list(spec)
     if not keys:
         raise UserError("llm_keys is empty: name the annotation keys to ask for (e.g. topic,entity)")
     for k in keys:
@@ -437,7 +437,7 @@ def measure(argv):
     texts, topics, fit = wiki_sample(cfg['seed'], cfg['eval_split'], cfg['eval_docs'], cfg['fit_docs'],
                                      cfg['max_sentences'])
     annotator.fit(fit)
-    pred = [dict(parse_annotation(z)).get(cfg['embed_key'], '') for z in annotator(texts)]
+    pred = [annotation_values(z).get(cfg['embed_key'], '') for z in annotator(texts)]
     top, n_top = Counter(topics).most_common(1)[0]
     print(f"\nwiki topics, split '{cfg['eval_split']}': {len(texts)} documents (seed {cfg['seed']}), "
           f"{len(set(topics))} topics, majority class {top} {100 * n_top / len(texts):.1f}%")

@@ -12,8 +12,8 @@ optimizer and for the old one (gpt2 + AdamW) at the same shape; warm-up steps ar
 what='sample': tokens/s of generating `new_tokens` for `sample_batch` sequences at once with the KV
 cache, against the naive loop that re-runs the whole context for every token, one sequence at a
 time; same model, same length, one run.
-what='quality': runs pretrain.py twice on the config's plain stream, same data and seed: the old
-recipe exactly as config/small.py had it before the modern recipe (OLD_RECIPE below) and the
+what='quality': runs pretrain.py twice on the config's plain stream, same data and seed: nanoGPT's
+GPT-2 recipe with AdamW and a cosine schedule at the laptop size (OLD_RECIPE below) and the
 config's own; prints the val loss of each at equal training seconds and the seconds each needs to
 reach the old recipe's final val loss (evaluation time is not training time).
 """
@@ -61,7 +61,7 @@ config = configure(globals())
 # -----------------------------------------------------------------------------
 
 
-# config/small.py as it was before the modern recipe (GPT-2 architecture, AdamW, cosine schedule)
+# the reference recipe at the laptop size: GPT-2 architecture, AdamW, cosine schedule (nanoGPT)
 OLD_RECIPE = dict(recipe='gpt2', optimizer='adamw', lr_schedule='cosine', learning_rate=2e-3, final_lr_frac=0.1,
                   warmup_iters=50, max_iters=500, n_layer=4, n_head=4, n_embd=128, block_size=256, batch_size=16,
                   gradient_accumulation_steps=1, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, dropout=0.0)

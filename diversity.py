@@ -27,8 +27,8 @@ import numpy as np
 from common import (UserError, atomic_write, check_device, check_out_dir, clean_stale_temps, digest, environment,
                     main_guard, read_jsonl, split_list, write_json, write_text)
 from embeddings import embed, load_embedder
-from formats import load_meta
-from metrics import (ann_values, bootstrap_draws, bootstrap_means, ci95, collapse, collapse_ratio, content, derived,
+from formats import annotation_values, load_meta
+from metrics import (bootstrap_draws, bootstrap_means, ci95, collapse, collapse_ratio, content, derived,
                      entropy_bits, expected_entropy, gap_closed, prompt_metrics)
 from report import headline_sentence, jsonable, narrowing_sentence, plot_png, render_md
 
@@ -62,7 +62,7 @@ BASE_DIVERSITY = ('dissimilarity', 'vendi', 'distinct2', 'gzip')
 def parse_samples(spec):
     """'arm=path,arm=path,...' -> {arm: [path, ...]}: an arm named again gets another replicate."""
     arms = {}
-    for piece in filter(None, (p.strip() for p in spec.split(','))):
+    for piece in split_list(spec):
         arm, sep, path = piece.partition('=')
         if not sep or not arm.strip() or not path.strip():
             raise UserError(f"bad --samples entry '{piece}': expected arm=path")
@@ -296,7 +296,7 @@ def build_judges(model, heldout, cat_keys, rng, notes):
     emb = heldout_embeddings(model, [d['text'] for d in docs])
     judges, stats = {}, {}
     for k in cat_keys:
-        has = [(i, v) for i, d in enumerate(docs) if (v := ann_values(d.get('annotation')).get(k))]
+        has = [(i, v) for i, d in enumerate(docs) if (v := annotation_values(d.get('annotation')).get(k))]
         clf, stats[k] = train_judge(emb[[i for i, _ in has]], [v for _, v in has], rng) if len(has) >= 2 \
             else (None, dict(docs=len(has), train_docs=0, test_docs=0, classes=len({v for _, v in has})))
         if clf is None:
@@ -311,7 +311,7 @@ def corpus_reference(meta, heldout, words, cat_keys, rng):
     categorical key, the corpus's words, the SFT slice, and prior_h(k, n): the mean entropy of n
     draws from the pretraining prior R(z) of key k (estimated on all held-out docs, memoized).
     Also the prior's summary per key, for the report."""
-    counts = {k: Counter(v for v in (ann_values(d.get('annotation')).get(k) for d in heldout) if v)
+    counts = {k: Counter(v for v in (annotation_values(d.get('annotation')).get(k) for d in heldout) if v)
               for k in cat_keys}
     prior = {k: dict(docs=sum(c.values()), corpus_entropy=entropy_bits(list(c.elements())), same_n={})
              for k, c in counts.items()}

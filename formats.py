@@ -1,6 +1,6 @@
 """
 The data format, in one place: special tokens, the tokenizer file, annotations, and the token
-sequences of every stage with their loss masks (DESIGN.md section 4).
+sequences of every stage with their loss masks (docs/METHOD.md "Sequence formats").
 
     pretrain, plain:      <|bos|> x
     pretrain, annotated:  <|bos|> <|ann|> z1 <|text|> x1 <|ann|> z2 <|text|> x2 ...
@@ -20,7 +20,7 @@ from common import UserError, digest, read_json, write_json
 
 BOS, ANN, TEXT, USER, ASSISTANT, END = SPECIALS = (
     '<|bos|>', '<|ann|>', '<|text|>', '<|user|>', '<|assistant|>', '<|end|>')
-IGNORE = -1  # target value that the loss skips (model.IGNORE_INDEX)
+IGNORE = -1  # a target the loss skips (model.py's cross-entropy ignore_index): prompts, annotations, padding
 WORD = re.compile(r'[^\W\d_]+')  # a word of a text: a run of letters (words.txt, the fluency proxy)
 # GPT-4's split pattern (tiktoken cl100k_base), the pre-tokenization of our BPE
 DEFAULT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""  # noqa: E501
@@ -47,6 +47,15 @@ def parse_annotation(z):
         if sep and k:
             pairs.append((k, v))
     return pairs
+
+
+def annotation_values(z):
+    """'key:value key:value' -> {key: value}; of a repeated key the first value counts, everywhere
+    (the SFT slice, the judge's labels, the sampled values)."""
+    out = {}
+    for k, v in parse_annotation(z):
+        out.setdefault(k, v)
+    return out
 
 
 # -----------------------------------------------------------------------------
@@ -123,23 +132,23 @@ def encode_annotation(enc, z):
     return ids, is_value
 
 
-def pretrain_doc(enc, sp, chunks, annotations=None):
+def pretrain_doc(enc, special, chunks, annotations=None):
     """One document of the pretraining stream: plain, or with each chunk preceded by its annotation."""
     if annotations is None:
-        return [sp[BOS]] + encode(enc, '\n\n'.join(chunks))
-    ids = [sp[BOS]]
+        return [special[BOS]] + encode(enc, '\n\n'.join(chunks))
+    ids = [special[BOS]]
     for i, (x, z) in enumerate(zip(chunks, annotations)):
-        ids += [sp[ANN]] + encode_annotation(enc, z)[0] + [sp[TEXT]] + encode(enc, ('\n\n' if i else '') + x)
+        ids += [special[ANN]] + encode_annotation(enc, z)[0] + [special[TEXT]] + encode(enc, ('\n\n' if i else '') + x)
     return ids
 
 
-def chat_prefix(enc, sp, prompt, anchored):
+def chat_prefix(enc, special, prompt, anchored):
     """What the model is given at inference: <|bos|><|user|> x <|assistant|> [<|ann|>]."""
-    ids = [sp[BOS], sp[USER]] + encode(enc, prompt) + [sp[ASSISTANT]]
-    return ids + [sp[ANN]] if anchored else ids
+    ids = [special[BOS], special[USER]] + encode(enc, prompt) + [special[ASSISTANT]]
+    return ids + [special[ANN]] if anchored else ids
 
 
-def sft_example(enc, sp, prompt, response, annotation=None, key_row=False):
+def sft_example(enc, special, prompt, response, annotation=None, key_row=False):
     """Token ids and targets of one SFT row (targets[i] is the label of position i, i.e. ids[i+1],
     or IGNORE where the loss must not look).
 
@@ -148,12 +157,12 @@ def sft_example(enc, sp, prompt, response, annotation=None, key_row=False):
     annotation distribution R(z|x) toward its own narrow data (paper, method). In key rows (a small
     fraction, paper: 0.3%) the keys and delimiters of z are in the loss, only values are masked,
     which keeps the annotation format stable."""
-    y = encode(enc, response) + [sp[END]]
-    prefix = chat_prefix(enc, sp, prompt, anchored=annotation is not None)
+    y = encode(enc, response) + [special[END]]
+    prefix = chat_prefix(enc, special, prompt, anchored=annotation is not None)
     labels = [False] * len(prefix)  # which tokens are supervised (as targets)
     if annotation is not None:
         z, is_value = encode_annotation(enc, annotation)
-        prefix += z + [sp[TEXT]]
+        prefix += z + [special[TEXT]]
         labels[-1] = key_row  # <|ann|> is a delimiter of z
         labels += [key_row and not v for v in is_value] + [key_row]
     ids = prefix + y
@@ -162,9 +171,9 @@ def sft_example(enc, sp, prompt, response, annotation=None, key_row=False):
     return ids, targets
 
 
-def annotation_span(ids, sp):
+def annotation_span(ids, special):
     """(start, end) of the annotation in an anchored SFT sequence: ids[start] is <|ann|>, ids[end]
     is <|text|>, z lies between. Positions start..end-1 are where the model predicts z and its
     closing <|text|>, i.e. where it draws from its annotation distribution R(z|x)."""
-    start = ids.index(sp[ANN])
-    return start, ids.index(sp[TEXT], start)
+    start = ids.index(special[ANN])
+    return start, ids.index(special[TEXT], start)

@@ -1,7 +1,7 @@
 """
 The metrics of diversity.py, as pure functions of one prompt's samples (and of the numbers they
 give), so each can be tested on hand-made inputs with known answers. Every diversity metric is
-"higher = more diverse", which the collapse definitions need (DESIGN.md section 1):
+"higher = more diverse", which the collapse definitions need (docs/METHOD.md "Metrics"):
 
     entropy_bits    Shannon entropy of labels (the paper's story metric, on judge labels)
     dissimilarity   mean pairwise 1 - cos of sentence embeddings (the paper's dialogue metric)
@@ -12,7 +12,7 @@ give), so each can be tested on hand-made inputs with known answers. Every diver
     collapse(m) = (D_base - D_m) / D_base, collapse_ratio = collapse(sft) / collapse(anchored),
     gap_closed = (D_anchored - D_sft) / (D_base - D_sft)
 
-and the competence figures that say whether a diversity number means anything (DESIGN.md 1.7):
+and the competence figures that say whether a diversity number means anything (docs/METHOD.md):
 fluency (share of words the corpus knows), sft_share, valid annotation values, prior kept, fidelity.
 """
 import gzip
@@ -21,7 +21,7 @@ from collections import Counter
 
 import numpy as np
 
-from formats import WORD, parse_annotation
+from formats import WORD, annotation_values
 
 
 def entropy_bits(labels):
@@ -85,16 +85,8 @@ def fluency(texts, words):
     return float(np.mean([w in words for w in ws])) if ws else 0.0
 
 
-def ann_values(annotation):
-    """'key:value ...' -> {key: value}, the first value of a repeated key wins."""
-    d = {}
-    for k, v in parse_annotation(annotation):
-        d.setdefault(k, v)
-    return d
-
-
 # -----------------------------------------------------------------------------
-# collapse (DESIGN.md section 1): numpy division, so x/0 is inf or nan instead of an exception;
+# collapse (docs/METHOD.md "Metrics"): numpy division, so x/0 is inf or nan instead of an exception;
 # works on scalars and on arrays of bootstrap resamples alike
 
 def _div(a, b):
@@ -185,7 +177,7 @@ def prompt_metrics(rows, emb, judged, ref, annotated):
     if ref['sft_key'] in judged:  # did SFT narrow the topics? the share judged to be the SFT set's
         m['sft_share'] = np.mean([j in ref['sft_values'] for j in judged[ref['sft_key']]])
     if annotated:
-        anns = [ann_values(r['annotation']) for r in rows]
+        anns = [annotation_values(r['annotation']) for r in rows]
         for k in ref['cat_keys']:
             vals = [a.get(k, '') for a in anns]  # a missing key counts as its own value ''
             m[f'ann_entropy_{k}'] = entropy_bits(vals)

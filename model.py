@@ -10,15 +10,15 @@ The GPT. Two recipes, one switch (GPTConfig.recipe):
 - ReLU^2 MLP (So et al. 2021, "Primer"); no biases anywhere;
 - zero-initialized output projections (every block starts as the identity; modded-nanogpt);
 - the input embedding and the output head tied or untied (tie_embeddings; measured: tied wins at the
-  laptop's 1.3M parameters, README).
-'gpt2', the GPT-2 recipe this project started from (nanoGPT): learned positions, LayerNorm, GELU,
-tied embeddings, N(0, 0.02) init with scaled residual projections. Kept to measure the new recipe
-against (bench.py --what=quality).
+  laptop's 1.3M parameters, RESULTS.md).
+'gpt2', nanoGPT's GPT-2 recipe: learned positions, LayerNorm, GELU, tied embeddings, N(0, 0.02) init
+with scaled residual projections. Kept as the reference the modern recipe is measured against
+(bench.py --what=quality).
 
 Both: causal attention through torch's scaled_dot_product_attention (flash attention on GPU), a loss
 with ignore_index=-1 so SFT masks reuse the forward, a batched KV cache for generation, and
 `generate`, which samples in two phases when asked (annotation first, then the response, each at
-its own temperature: the paper's inference procedure, DESIGN.md section 1.4).
+its own temperature: the paper's inference procedure, docs/METHOD.md "Inference").
 
 Optimizers (configure_optimizers): 'muon' = torch.optim.Muon for the 2-D matrices inside the blocks,
 AdamW for the embedding, the head and anything 1-D (Keller Jordan 2024; nanochat); 'adamw' = AdamW
@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-IGNORE_INDEX = -1
+from formats import IGNORE
+
 RECIPES = ('modern', 'gpt2')
 
 
@@ -238,10 +239,10 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, cache=None, all_logits=False, pad=None):
         """Logits for idx (B, T). With targets: the logits of every position and the mean loss over
-        targets != IGNORE_INDEX. Without: only the last position's logits (inference), unless
-        all_logits. With a cache: idx continues the cached positions. pad (B,): rows are left-padded
-        by that many tokens (prompts of different lengths in one batch): each row keeps its own
-        positions and never attends to its padding."""
+        targets != IGNORE (formats.py: the targets the loss skips). Without: only the last position's
+        logits (inference), unless all_logits. With a cache: idx continues the cached positions.
+        pad (B,): rows are left-padded by that many tokens (prompts of different lengths in one
+        batch): each row keeps its own positions and never attends to its padding."""
         B, T = idx.size()
         start = 0 if cache is None else cache.pos
         if start + T > self.config.block_size:
@@ -262,7 +263,7 @@ class GPT(nn.Module):
             return self.lm_head(x if all_logits else x[:, [-1], :]), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX)
+                               ignore_index=IGNORE)
         return logits, loss
 
     def configure_optimizers(self, optimizer, learning_rate, matrix_lr, weight_decay, betas, device_type):
@@ -304,15 +305,15 @@ class GPT(nn.Module):
         return self.flops_per_token() * tokens_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 stop_ids=(), phase_id=None, phase_temperature=None, generator=None, use_cache=True,
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_ids=(),
+                 annotation_end=None, annotation_temperature=None, generator=None, use_cache=True,
                  vocab_limit=None, forced=None, pad=None):
         """Sample up to max_new_tokens continuations of idx (B, T), all rows at once.
 
         temperature 0 is greedy. A row stops after it emits one of stop_ids (its later positions
-        are filled with the stop id and must be ignored). If phase_id is given, a row samples at
-        `temperature` until it emits phase_id and at `phase_temperature` after that: the anchored
-        model samples its annotation, then its response, each at its own temperature.
+        are filled with the stop id and must be ignored). The paper's inference: with annotation_end
+        (the id that closes an annotation, <|text|>) every row first samples its annotation, at
+        annotation_temperature, and after emitting annotation_end its response, at temperature.
         vocab_limit: ids >= it (the padding of a vocabulary rounded up to 64) are never sampled.
         forced: optional (B, F) ids that rows emit instead of sampling at steps 0..F-1 (-1: sample),
         e.g. an annotation drawn from another model, of a different length in every row.
@@ -321,7 +322,8 @@ class GPT(nn.Module):
         """
         B = idx.size(0)
         device = idx.device
-        temp = torch.full((B,), float(temperature), device=device)
+        in_annotation = annotation_end is not None
+        temp = torch.full((B,), float(annotation_temperature if in_annotation else temperature), device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
         max_new_tokens = min(max_new_tokens, self.config.block_size - idx.size(1))
@@ -342,8 +344,8 @@ class GPT(nn.Module):
             if len(stop):
                 nxt = torch.where(done, stop[0], nxt)  # finished rows keep emitting padding
                 done |= torch.isin(nxt, stop)
-            if phase_id is not None:
-                temp = torch.where(nxt == phase_id, float(phase_temperature), temp)
+            if in_annotation:  # a row that closed its annotation writes its response from now on
+                temp = torch.where(nxt == annotation_end, float(temperature), temp)
             out.append(nxt[:, None])
             step_in = nxt[:, None]
             if len(stop) and bool(done.all()):

@@ -22,6 +22,7 @@ sample_batch_size (how the random stream is shared out), not on anything else.
 import itertools
 import os
 import time
+from collections import namedtuple
 
 import torch
 from tqdm import tqdm
@@ -30,8 +31,8 @@ from common import (UserError, check_config, check_device, check_out_file, clean
                     write_jsonl)
 from formats import (ANN, BOS, END, TEXT, chat_prefix, encode_annotation, load_meta, load_tokenizer,
                      parse_annotation)
-from training import (DTYPES, autocast, check_meta, load_checkpoint, model_from_checkpoint, model_path,
-                      setup_device)
+from training import (DTYPES, autocast, check_meta, load_annotated_prior, load_checkpoint, model_from_checkpoint,
+                      model_path, setup_device)
 
 # -----------------------------------------------------------------------------
 ckpt_dir = 'out/sft'  # the run to sample: its best.pt (SFT keeps the lowest val loss) or else ckpt.pt
@@ -61,39 +62,45 @@ config = configure(globals())
 
 
 def checkpoint_mode(ckpt):
-    """'base', 'sft' or 'anchor': what the checkpoint was trained to do."""
+    """'base', 'sft' or 'anchored': what the checkpoint was trained to do."""
     if ckpt.get('stage') == 'pretrain':
         return 'base'
-    if ckpt.get('stage') == 'sft' and ckpt.get('method') in ('sft', 'anchor'):
+    if ckpt.get('stage') == 'sft' and ckpt.get('method') in ('sft', 'anchored'):
         return ckpt['method']
     raise UserError(f"the checkpoint in {ckpt_dir} is of an unknown type (stage={ckpt.get('stage')!r})")
 
 
-def plan(mode, annotated, enc, sp, prompt):
-    """Prefix ids, stop ids and the id after which the response phase starts, for one prompt."""
+# What the model is given and how its generation is read, per prompt: the prefix ids, the ids that end
+# the text, and the id that ends an annotation sampled first (None: the text starts at once). The
+# text is sampled at `temperature`, an annotation before it at annotation_temperature.
+Plan = namedtuple('Plan', 'prefix stops annotation_end')
+
+
+def plan(mode, annotated, enc, special, prompt):
+    """The Plan of one prompt for a checkpoint of this mode."""
     if mode == 'base':  # the prompt is ignored: a document from the start
         if annotated:  # annotation, then the chunk's text, which ends at the next <|ann|> or <|bos|>
-            return [sp[BOS], sp[ANN]], [sp[ANN], sp[BOS]], sp[TEXT]
-        return [sp[BOS]], [sp[BOS]], None
+            return Plan([special[BOS], special[ANN]], [special[ANN], special[BOS]], special[TEXT])
+        return Plan([special[BOS]], [special[BOS]], None)
     if mode == 'sft':
-        return chat_prefix(enc, sp, prompt, anchored=False), [sp[END]], None
-    prefix = chat_prefix(enc, sp, prompt, anchored=True)
-    if no_annotation:
-        return prefix + [sp[TEXT]], [sp[END]], None
-    return prefix + encode_annotation(enc, annotation)[0], [sp[END]], sp[TEXT]
+        return Plan(chat_prefix(enc, special, prompt, anchored=False), [special[END]], None)
+    prefix = chat_prefix(enc, special, prompt, anchored=True)
+    if no_annotation:  # the ablation: an empty annotation, closed at once
+        return Plan(prefix + [special[TEXT]], [special[END]], None)
+    return Plan(prefix + encode_annotation(enc, annotation)[0], [special[END]], special[TEXT])
 
 
-def split_sample(ids, mode, annotated, sp, enc, stops):
+def split_sample(ids, mode, annotated, special, enc, stops):
     """Generated ids -> (annotation or None, visible text, finished, tokens of the text with its stop).
     The text gets max_new_tokens whether or not an annotation came first: it is finished if it
     stops within them. Special tokens never reach text."""
     ann_ids = None
-    if mode == 'anchor' and no_annotation:
+    if mode == 'anchored' and no_annotation:
         ann_ids = []
-    elif mode == 'anchor' or (mode == 'base' and annotated):
-        pinned = encode_annotation(enc, annotation)[0] if mode == 'anchor' else []
-        if sp[TEXT] in ids:
-            cut = ids.index(sp[TEXT])
+    elif mode == 'anchored' or (mode == 'base' and annotated):
+        pinned = encode_annotation(enc, annotation)[0] if mode == 'anchored' else []
+        if special[TEXT] in ids:
+            cut = ids.index(special[TEXT])
             ann_ids, ids = pinned + ids[:cut], ids[cut + 1:]
         else:  # never closed its annotation: no response at all
             ann_ids, ids = pinned + ids, []
@@ -102,31 +109,21 @@ def split_sample(ids, mode, annotated, sp, enc, stops):
         if t in stops:
             ids, finished, length = ids[:i], True, i + 1
             break
-    special = set(sp.values())
-    decode = lambda xs: enc.decode([t for t in xs if t not in special])
+    specials = set(special.values())
+    decode = lambda xs: enc.decode([t for t in xs if t not in specials])
     ann = None if ann_ids is None else decode(ann_ids).strip()
     return ann, decode(ids), finished, length
 
 
-def load_prior(ckpt, meta, device):
-    """The annotated pretrained model whose annotation distribution R(z) anchored SFT means to keep."""
-    prior = load_checkpoint(os.path.join(annotation_from, 'ckpt.pt'), device)
-    if prior.get('stage') != 'pretrain' or not prior.get('annotated'):
-        raise UserError(f"--annotation_from={annotation_from} is not an annotated pretrained checkpoint")
-    if prior.get('meta_fingerprint') != ckpt.get('meta_fingerprint'):
-        raise UserError(f"--annotation_from={annotation_from} was trained on another tokenizer/format")
-    return model_from_checkpoint(prior, device).eval()
-
-
-def prior_annotations(prior, n, sp, temp, gen, meta, env):
+def prior_annotations(prior, n, special, temp, gen, meta, env):
     """n annotations sampled from <|bos|><|ann|> of the prior, each followed by <|text|>, as the
     (n, F) forced ids of model.generate (-1 pads rows with a shorter annotation)."""
-    stops = [sp[TEXT], sp[BOS], sp[ANN]]
-    idx = torch.tensor([[sp[BOS], sp[ANN]]] * n, dtype=torch.long, device=env['device'])
+    stops = [special[TEXT], special[BOS], special[ANN]]
+    idx = torch.tensor([[special[BOS], special[ANN]]] * n, dtype=torch.long, device=env['device'])
     with autocast(env['device_type'], dtype):
         z, _ = prior.generate(idx, 2 * meta['max_annotation_tokens'], temperature=temp, top_k=top_k or None,
                               top_p=top_p, stop_ids=stops, generator=gen, vocab_limit=meta['vocab_size'])
-    rows = [[t for t in itertools.takewhile(lambda t: t not in stops, row)] + [sp[TEXT]] for row in z.tolist()]
+    rows = [[t for t in itertools.takewhile(lambda t: t not in stops, row)] + [special[TEXT]] for row in z.tolist()]
     width = max(map(len, rows))
     return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=env['device'])
 
@@ -148,77 +145,95 @@ def load_prompts(path):
     return rows
 
 
-def main():
+def check_sample_config():
+    """Every config value, before any work."""
     check_config(config, positive=('num_samples', 'sample_batch_size', 'max_new_tokens'),
-                 nonneg=('temperature', 'top_k', 'threads'),
-                 choices=dict(dtype=DTYPES))
+                 nonneg=('temperature', 'top_k', 'threads'), choices=dict(dtype=DTYPES))
     if not 0 < top_p <= 1:
         raise UserError(f"top_p must be in (0, 1], got {top_p}")
     check_device(device)
-    if threads:
-        torch.set_num_threads(threads)
-    out_path = out or os.path.join(ckpt_dir, 'samples.jsonl')
-    env = setup_device(device)
+    if sum(map(bool, (annotation, no_annotation, annotation_from))) > 1:
+        raise UserError("--annotation, --no_annotation and --annotation_from exclude each other")
+    if annotation and not parse_annotation(annotation):
+        raise UserError(f"--annotation='{annotation}' has no key:value field")
+
+
+def load_run(env):
+    """The checkpoint to sample, what it was trained to do, its data dir's meta and tokenizer, and
+    the prior to draw annotations from (annotation_from)."""
     ckpt = load_checkpoint(model_path(ckpt_dir), env['device'])
     mode = checkpoint_mode(ckpt)
     ddir = data_dir or ckpt['data_dir']
     meta = load_meta(ddir)
     check_meta(ckpt, meta, ddir)
-    annotated = bool(ckpt.get('annotated'))
-    if (annotation or no_annotation or annotation_from) and mode != 'anchor':
-        raise UserError(f"--annotation/--no_annotation/--annotation_from need an anchor checkpoint; "
+    if (annotation or no_annotation or annotation_from) and mode != 'anchored':
+        raise UserError(f"--annotation/--no_annotation/--annotation_from need an anchored checkpoint; "
                         f"{ckpt_dir} is '{mode}'")
-    if sum(map(bool, (annotation, no_annotation, annotation_from))) > 1:
-        raise UserError("--annotation, --no_annotation and --annotation_from exclude each other")
-    if annotation and not parse_annotation(annotation):
-        raise UserError(f"--annotation='{annotation}' has no key:value field")
-    prior = load_prior(ckpt, meta, env['device']) if annotation_from else None
-    enc, sp = load_tokenizer(ddir, meta), meta['special_tokens']
-    rows = load_prompts(prompts or os.path.join(ddir, 'eval_prompts.jsonl'))
-    model = model_from_checkpoint(ckpt, env['device']).eval()
-    block = model.config.block_size
-    ann_temp = temperature if annotation_temperature < 0 else annotation_temperature
-    samples, n_tokens, t0 = [], 0, time.time()
-    plans = [plan(mode, annotated, enc, sp, r['prompt']) for r in rows]
-    for i, (prefix, _, _) in enumerate(plans):  # every prompt is checked before any work
-        if len(prefix) >= block:
-            raise UserError(f"prompt {rows[i]['prompt_id']} is {len(prefix)} tokens, "
-                            f"it does not fit block_size={block}")
-    check_out_file(out_path, 'out')
-    clean_stale_temps(os.path.dirname(os.path.realpath(out_path)), [os.path.basename(os.path.realpath(out_path))])
-    # every (prompt, sample) pair is one row; rows of all prompts are generated together, the
-    # shorter prompts left-padded (model.generate's pad), sample_batch_size rows at a time
-    jobs = [(r, j, p) for r, p in zip(rows, plans) for j in range(num_samples)]
-    # the response gets max_new_tokens in every mode: an arm that writes an annotation first gets
-    # room for it on top (twice the longest annotation of the corpus), so no arm's texts are cut sooner
-    ann_room = 2 * meta['max_annotation_tokens'] if plans[0][2] is not None else 0
-    new_tokens = min(max_new_tokens + ann_room, block - max(len(p[0]) for p in plans))
+    prior = load_annotated_prior(annotation_from, env['device'], meta['fingerprint'], '--annotation_from') if annotation_from else None
+    return ckpt, mode, ddir, meta, load_tokenizer(ddir, meta), prior
+
+
+def text_budget(plans, meta, block):
+    """New tokens per row: the text gets max_new_tokens in every mode, and an arm that writes an
+    annotation first gets room for it on top (twice the longest annotation of the corpus), so no
+    arm's texts are cut sooner; all within block_size after the longest prompt."""
+    ann_room = 2 * meta['max_annotation_tokens'] if plans[0].annotation_end is not None else 0
+    new_tokens = min(max_new_tokens + ann_room, block - max(len(p.prefix) for p in plans))
     if new_tokens < max_new_tokens + ann_room:
         print(f"max_new_tokens={max_new_tokens} (+{ann_room} for the annotation) does not fit block_size={block} "
               f"after the longest prompt: every sample gets {new_tokens} in all")
+    return new_tokens
+
+
+def generate_batch(model, batch, new_tokens, gen, prior, meta, special, env):
+    """Generated ids of a batch of (prompt row, sample id, Plan): prompts of different lengths
+    left-padded, the annotation (if any) at annotation_temperature, then the text at temperature."""
+    prefixes = [p.prefix for _, _, p in batch]
+    width = max(map(len, prefixes))
+    idx = torch.tensor([[0] * (width - len(p)) + p for p in prefixes], dtype=torch.long, device=env['device'])
+    pad = torch.tensor([width - len(p) for p in prefixes], device=env['device'])
+    ann_temp = temperature if annotation_temperature < 0 else annotation_temperature
+    forced = None if prior is None else prior_annotations(prior, len(batch), special, ann_temp, gen, meta, env)
+    p = batch[0][2]  # the stops and the annotation's end are the same for every prompt of a checkpoint
+    with autocast(env['device_type'], dtype):
+        new, _ = model.generate(idx, new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
+                                stop_ids=p.stops, annotation_end=p.annotation_end, annotation_temperature=ann_temp,
+                                generator=gen, use_cache=use_cache, vocab_limit=meta['vocab_size'], forced=forced,
+                                pad=pad if bool(pad.any()) else None)
+    return new.tolist()
+
+
+def main():
+    check_sample_config()
+    if threads:
+        torch.set_num_threads(threads)
+    out_path = out or os.path.join(ckpt_dir, 'samples.jsonl')
+    env = setup_device(device)
+    ckpt, mode, ddir, meta, enc, prior = load_run(env)
+    special, annotated = meta['special_tokens'], bool(ckpt.get('annotated'))
+    rows = load_prompts(prompts or os.path.join(ddir, 'eval_prompts.jsonl'))
+    model = model_from_checkpoint(ckpt, env['device']).eval()
+    plans = [plan(mode, annotated, enc, special, r['prompt']) for r in rows]
+    for r, p in zip(rows, plans):  # every prompt is checked before any work
+        if len(p.prefix) >= model.config.block_size:
+            raise UserError(f"prompt {r['prompt_id']} is {len(p.prefix)} tokens, "
+                            f"it does not fit block_size={model.config.block_size}")
+    check_out_file(out_path, 'out')
+    clean_stale_temps(os.path.dirname(os.path.realpath(out_path)), [os.path.basename(os.path.realpath(out_path))])
+    # every (prompt, sample) pair is one row; rows of all prompts are generated together,
+    # sample_batch_size at a time, from one generator: the samples depend on seed and batch size only
+    todo = [(r, j, p) for r, p in zip(rows, plans) for j in range(num_samples)]
+    new_tokens = text_budget(plans, meta, model.config.block_size)
     gen = torch.Generator(env['device']).manual_seed(seed)
-    bar = tqdm(total=len(jobs), desc=f'sample {mode}', disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(jobs), sample_batch_size):
-        chunk = jobs[start:start + sample_batch_size]
-        prefixes = [p[0] for _, _, p in chunk]
-        _, stops, phase_id = chunk[0][2]  # the same for every prompt of a checkpoint
-        width = max(map(len, prefixes))
-        idx = torch.tensor([[0] * (width - len(p)) + p for p in prefixes], dtype=torch.long, device=env['device'])
-        pad = torch.tensor([width - len(p) for p in prefixes], device=env['device'])
-        forced = None if prior is None else prior_annotations(prior, len(chunk), sp, ann_temp, gen, meta, env)
-        with autocast(env['device_type'], dtype):
-            new, _ = model.generate(idx, new_tokens, temperature=ann_temp if phase_id else temperature,
-                                    top_k=top_k or None, top_p=top_p, stop_ids=stops, phase_id=phase_id,
-                                    phase_temperature=temperature, generator=gen, use_cache=use_cache,
-                                    vocab_limit=meta['vocab_size'], forced=forced,
-                                    pad=pad if bool(pad.any()) else None)
-        for (r, j, _), ids in zip(chunk, new.tolist()):
-            ann, text, finished, length = split_sample(ids, mode, annotated, sp, enc, stops)
+    samples, n_tokens, t0 = [], 0, time.time()
+    for start in tqdm(range(0, len(todo), sample_batch_size), desc=f'sample {mode}', disable=not progress,
+                      dynamic_ncols=True):
+        batch = todo[start:start + sample_batch_size]
+        for (r, j, p), ids in zip(batch, generate_batch(model, batch, new_tokens, gen, prior, meta, special, env)):
+            ann, text, finished, length = split_sample(ids, mode, annotated, special, enc, p.stops)
             n_tokens += length
             samples.append(dict(prompt_id=r['prompt_id'], prompt=r['prompt'], sample_id=j, annotation=ann,
                                 text=text, tokens=length, finished=finished))
-        bar.update(len(chunk))
-    bar.close()
     write_jsonl(out_path, samples)
     dt = time.time() - t0
     print(f"{len(samples)} samples ({mode}) in {dt:.1f}s, {n_tokens / dt:,.0f} tok/s -> {out_path}")

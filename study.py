@@ -74,9 +74,9 @@ PAPER = ['--anchor_prior=mask', '--replay_rows=0']  # the paper's anchored SFT: 
 RUNS = {
     'sft': ('sft', 'base', ['--replay_rows=0']),
     'sft-replay': ('sft', 'base', []),
-    'anchored': ('anchor', 'annotated-base', []),
-    'anchored-mask': ('anchor', 'annotated-base', PAPER),
-    'anchored-plain': ('anchor', 'base', PAPER),
+    'anchored': ('anchored', 'annotated-base', []),
+    'anchored-mask': ('anchored', 'annotated-base', PAPER),
+    'anchored-plain': ('anchored', 'base', PAPER),
 }
 ABLATIONS = ('anchored-mask', 'anchored-plain')
 # sampled arms: the run (or pretrained model) they sample and how
@@ -167,7 +167,7 @@ def parse_variants():
         name, _, args = spec.partition(':')
         args = args.split()
         method = next((a.split('=', 1)[1] for a in args if a.startswith('--method=')), None)
-        if not name.strip() or method not in ('sft', 'anchor') or name.strip() in ARMS:
+        if not name.strip() or method not in ('sft', 'anchored') or name.strip() in ARMS:
             raise UserError(f"variant '{spec}': expected 'name:--method=sft|anchor args' with a new name")
         out.append((name.strip(), method, 'base' if method == 'sft' else 'annotated-base', args))
     return out
@@ -197,7 +197,7 @@ def entropy_study(study, ks, topics):
         for n in ks:
             rows = [f'--sft_topics={",".join(topics[:n])}', f'--sft_max_rows={sweep_rows}']
             for run, method, init, extra in (('sft', 'sft', 'base', ['--replay_rows=0']),
-                                             ('anchored', 'anchor', 'annotated-base', [])):
+                                             ('anchored', 'anchored', 'annotated-base', [])):
                 study.sample(k, f'{run}-k{n}', study.model(k, f'{run}-k{n}', method, init, rows + extra))
 
 

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from common import (UserError, atomic_write, check_config, check_device, check_out_dir, clean_stale_temps,
                     write_json)
-from model import GPT, IGNORE_INDEX, RECIPES, GPTConfig
+from formats import IGNORE
+from model import GPT, RECIPES, GPTConfig
 
 # peak dense FLOP/s per device for MFU (bf16 tensor cores on GPUs); CPU: the user gives it
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10': 125e12}
@@ -148,6 +149,19 @@ def check_meta(ckpt, meta, data_dir):
                         f"the checkpoint's ({ckpt.get('meta_fingerprint')}); use the data dir it was trained on")
 
 
+def load_annotated_prior(run_dir, device, fingerprint, what):
+    """The frozen annotated pretrained model of run_dir: the prior R(z) that anchored SFT means to
+    keep (prior distillation's teacher), and that sample.py can draw annotations from."""
+    ckpt = load_checkpoint(os.path.join(run_dir, 'ckpt.pt'), device)
+    if ckpt.get('stage') != 'pretrain' or not ckpt.get('annotated'):
+        raise UserError(f"{what}={run_dir} is not an annotated pretrained checkpoint")
+    if ckpt.get('meta_fingerprint') != fingerprint:
+        raise UserError(f"{what}={run_dir} was trained on another tokenizer/format")
+    model = model_from_checkpoint(ckpt, device).eval()
+    model.requires_grad_(False)
+    return model
+
+
 def model_from_checkpoint(ckpt, device):
     model = GPT(GPTConfig(**ckpt['model_args']))
     # checkpoints of compiled models carry a prefix on every key
@@ -198,7 +212,7 @@ def evaluate(model, evals, ctx):
     for split, batches in evals.items():
         total, count = 0.0, 0
         for batch in batches():
-            n = int((batch[1] != IGNORE_INDEX).sum())
+            n = int((batch[1] != IGNORE).sum())
             with ctx:
                 total += lm_loss(model, batch).item() * n
             count += n

@@ -10,15 +10,15 @@ variants=(
   "sft-lr0.1:--method=sft --replay_rows=0 --sft_lr_frac=0.1"
   "sft-lr0.3:--method=sft --replay_rows=0 --sft_lr_frac=0.3"
   "sft-replay-lr0.2:--method=sft --replay_lr_frac=0.2"
-  "anchored-lr0.2:--method=anchor --replay_lr_frac=0.2"
+  "anchored-lr0.2:--method=anchored --replay_lr_frac=0.2"
   # replay: none and 2 whole documents per batch of 16 rows (config/small.py: 4); raw stream windows
-  "anchored-r0:--method=anchor --replay_rows=0"
-  "anchored-r2:--method=anchor --replay_rows=2"
-  "anchored-stream:--method=anchor --replay_docs=False"
+  "anchored-r0:--method=anchored --replay_rows=0"
+  "anchored-r2:--method=anchored --replay_rows=2"
+  "anchored-stream:--method=anchored --replay_docs=False"
   # the SFT length (config/small.py: 120 iterations for every arm)
   "sft-160it:--method=sft --replay_rows=0 --sft_iters=160"
   "sft-replay-160it:--method=sft --sft_iters=160"
-  "anchored-160it:--method=anchor --sft_iters=160"
+  "anchored-160it:--method=anchored --sft_iters=160"
 )
 exec python study.py config/small.py --report_dir=out/small/report-recipes \
     --variants="$(IFS=';'; echo "${variants[*]}")" "$@"

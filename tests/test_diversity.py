@@ -71,9 +71,10 @@ def test_gzip_diversity_higher_for_varied_text():
     assert dv.gzip_diversity(['']) == 0.0
 
 
-def test_ann_values_first_wins():
-    assert dv.ann_values('topic:Arts entity:Mona_Lisa topic:Other') == {'topic': 'Arts', 'entity': 'Mona_Lisa'}
-    assert dv.ann_values(None) == {}
+def test_annotation_values_first_wins():
+    from formats import annotation_values
+    assert annotation_values('topic:Arts entity:Mona_Lisa topic:Other') == {'topic': 'Arts', 'entity': 'Mona_Lisa'}
+    assert annotation_values(None) == {}
 
 
 def test_expected_entropy_for_n_draws():
@@ -84,7 +85,7 @@ def test_expected_entropy_for_n_draws():
 
 
 # -----------------------------------------------------------------------------
-# collapse definitions (DESIGN.md), numbers worked by hand
+# collapse definitions (docs/METHOD.md), numbers worked by hand
 
 def test_collapse_definitions():
     d_base, d_sft, d_anch = 2.0, 1.0, 1.8

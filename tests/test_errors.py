@@ -55,9 +55,9 @@ def test_encoding_and_types(tiny_data, runs, tmp_path):
     rows = [json.loads(line) for line in open(data / 'sft_train.jsonl')]
     rows[0]['annotation'] = None
     (data / 'sft_train.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
-    r = run('anchor_sft.py', '--method=anchor', f'--data_dir={data}', f'--init_dir={runs / "base"}',
+    r = run('anchor_sft.py', '--method=anchored', f'--data_dir={data}', f'--init_dir={runs / "base"}',
             f'--out_dir={tmp_path / "anchored"}', *SFT, check=False)
-    one_error_line(r, "row 1: method='anchor' needs an annotation, got null")
+    one_error_line(r, "row 1: method='anchored' needs an annotation, got null")
 
 
 # -----------------------------------------------------------------------------

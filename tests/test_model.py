@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, IGNORE_INDEX
+from formats import IGNORE
+from model import GPT, GPTConfig
 from training import lr_multiplier
 
 
@@ -26,7 +27,7 @@ def test_loss_ignores_masked_targets():
     y = torch.randint(97, (2, 10))
     logits, full = m(x, y)
     y_masked = y.clone()
-    y_masked[:, :5] = IGNORE_INDEX
+    y_masked[:, :5] = IGNORE
     _, part = m(x, y_masked)
     expect = torch.nn.functional.cross_entropy(logits[:, 5:].reshape(-1, 97), y[:, 5:].reshape(-1))
     assert torch.allclose(part, expect, atol=1e-5)
@@ -108,7 +109,7 @@ def test_left_padded_prompts_of_different_lengths(recipe, use_cache):
         assert torch.equal(batched[i], alone[0]), i
 
 
-def test_stop_ids_and_phase_temperature():
+def test_stop_ids_and_annotation_then_response_temperatures():
     m = tiny()
     idx = torch.randint(97, (8, 4))
     new, done = m.generate(idx, 40, temperature=1.0, stop_ids=[3, 4, 5, 6, 7, 8, 9, 10],
@@ -119,10 +120,20 @@ def test_stop_ids_and_phase_temperature():
         assert d == bool(stops)
         if stops:  # after the stop, only padding with the first stop id
             assert all(t == 3 for t in row[stops[0] + 1:])
-    # greedy first phase, then a switch at the phase id: rows that never see it stay greedy
-    a, _ = m.generate(idx, 10, temperature=0, phase_id=96, phase_temperature=0.0)
-    b, _ = m.generate(idx, 10, temperature=0)
-    assert torch.equal(a, b)
+    # the annotation at annotation_temperature (greedy here) until a row emits annotation_end, then the
+    # response at temperature: rows that never emit it stay greedy, however hot the response would be
+    greedy, _ = m.generate(idx, 10, temperature=0, vocab_limit=90)
+    a, _ = m.generate(idx, 10, temperature=5.0, annotation_end=96, annotation_temperature=0, vocab_limit=90,
+                      generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, greedy)
+    # a row that emits it (forced at step 0) samples its response at temperature from then on
+    forced = torch.full((8, 1), 96)
+    after, _ = m.generate(idx, 10, temperature=0, annotation_end=96, annotation_temperature=5.0, forced=forced,
+                          vocab_limit=90, generator=torch.Generator().manual_seed(1))
+    hot, _ = m.generate(idx, 10, temperature=5.0, annotation_end=96, annotation_temperature=0, forced=forced,
+                        vocab_limit=90, generator=torch.Generator().manual_seed(1))
+    cont, _ = m.generate(torch.cat([idx, forced], 1), 9, temperature=0, vocab_limit=90)
+    assert torch.equal(after[:, 1:], cont) and not torch.equal(hot[:, 1:], cont)
 
 
 def test_generate_respects_block_size():

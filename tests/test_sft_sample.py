@@ -23,11 +23,11 @@ def ckpts(tiny_data, tmp_path_factory):
     run('pretrain.py', *common, f'--out_dir={root / "annotated"}', '--annotated=True')
     r = run('anchor_sft.py', '--method=sft', f'--init_dir={root / "base"}', f'--out_dir={root / "sft"}', *SFT)
     assert 'done: 4 iters' in r.stdout
-    run('anchor_sft.py', '--method=anchor', f'--init_dir={root / "annotated"}', f'--out_dir={root / "anchor"}', *SFT,
+    run('anchor_sft.py', '--method=anchored', f'--init_dir={root / "annotated"}', f'--out_dir={root / "anchor"}', *SFT,
         '--sft_patience=1', '--sft_min_delta=0.001')  # the early-stopping rule: best.pt
     # the config/small.py recipe: prior distillation, replay of annotated documents, SFT dropout, own lr
     recipe = ['--replay_rows=2', '--replay_docs=True', '--sft_dropout=0.1', '--replay_lr_frac=0.3']
-    run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', *recipe, f'--init_dir={root / "annotated"}',
+    run('anchor_sft.py', '--method=anchored', '--anchor_prior=distill', *recipe, f'--init_dir={root / "annotated"}',
         f'--out_dir={root / "distill"}', *SFT)
     # and its fair control: standard SFT with the same replay, from the plain stream, at the same rate
     run('anchor_sft.py', '--method=sft', *recipe, f'--init_dir={root / "base"}', f'--out_dir={root / "sft-replay"}',
@@ -41,14 +41,15 @@ def test_anchored_batch_supervises_exactly_response_and_key_rows(tiny_data):
     import anchor_sft
     from formats import ASSISTANT, BOS, END, USER, encode, encode_annotation
     meta = load_meta(tiny_data)
-    enc, sp = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
     prompt, z, resp = 'Hi there.', 'topic:Arts entity:Mona_Lisa', 'Sure!\nA poem.'
     p_ids, (z_ids, is_value), y_ids = encode(enc, prompt), encode_annotation(enc, z), encode(enc, resp)
-    ids = [sp[BOS], sp[USER]] + p_ids + [sp[ASSISTANT], sp[ANN]] + z_ids + [sp[TEXT]] + y_ids + [sp[END]]
-    rows = [sft_example(enc, sp, prompt, resp, z, key_row=k) for k in (False, True)]
-    rows.append(sft_example(enc, sp, 'Hi.', 'Ok.'))  # shorter standard row: gets padded
+    ids = ([special[BOS], special[USER]] + p_ids + [special[ASSISTANT], special[ANN]] + z_ids + [special[TEXT]]
+           + y_ids + [special[END]])
+    rows = [sft_example(enc, special, prompt, resp, z, key_row=k) for k in (False, True)]
+    rows.append(sft_example(enc, special, 'Hi.', 'Ok.'))  # shorter standard row: gets padded
     anchor_sft.sft_batch_size = 3
-    get_batch = anchor_sft.make_get_batch(rows, 'cpu', sp)
+    get_batch = anchor_sft.make_get_batch(rows, 'cpu', special)
     x, y = get_batch('train', torch.Generator().manual_seed(0), [0])[0]
     assert x.shape == (3, len(ids))
     n_prefix = 2 + len(p_ids) + 1  # <|bos|> <|user|> x <|assistant|>
@@ -82,18 +83,19 @@ def test_prior_distillation_positions_and_loss(tiny_data):
     import anchor_sft
     from formats import BOS, annotation_span, encode_annotation
     meta = load_meta(tiny_data)
-    enc, sp = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
     z, z2 = 'topic:Arts entity:Mona_Lisa', 'topic:Sport'
-    rows = [sft_example(enc, sp, 'Hi there.', 'Sure!\nA poem.', z)[0], sft_example(enc, sp, 'Hi.', 'Ok.', z2)[0]]
-    t_in, s_pos, mask = anchor_sft.distill_inputs(rows, sp)
+    rows = [sft_example(enc, special, 'Hi there.', 'Sure!\nA poem.', z)[0],
+            sft_example(enc, special, 'Hi.', 'Ok.', z2)[0]]
+    t_in, s_pos, mask = anchor_sft.distill_inputs(rows, special)
     for b, (ids, ann) in enumerate(zip(rows, (z, z2))):
         z_ids = encode_annotation(enc, ann)[0]
-        start, end = annotation_span(ids, sp)
-        assert ids[start] == sp[ANN] and ids[end] == sp[TEXT] and end - start == len(z_ids) + 1
+        start, end = annotation_span(ids, special)
+        assert ids[start] == special[ANN] and ids[end] == special[TEXT] and end - start == len(z_ids) + 1
         pos = s_pos[b][mask[b]].tolist()
         assert pos == list(range(start, end))
-        assert [ids[p + 1] for p in pos] == z_ids + [sp[TEXT]]  # the student predicts z, then <|text|>
-        teacher = [sp[BOS], sp[ANN]] + z_ids
+        assert [ids[p + 1] for p in pos] == z_ids + [special[TEXT]]  # the student predicts z, then <|text|>
+        teacher = [special[BOS], special[ANN]] + z_ids
         assert t_in[b, :len(teacher)].tolist() == teacher
         # aligned positions read the same token: teacher position j + 1 and student position start + j
         assert [t_in[b, j + 1].item() for j in range(len(pos))] == [ids[p] for p in pos]
@@ -124,14 +126,14 @@ def test_replay_rows_and_their_loss(tiny_data):
     import numpy as np
     import anchor_sft
     meta = load_meta(tiny_data)
-    enc, sp = load_tokenizer(tiny_data, meta), meta['special_tokens']
-    rows = [sft_example(enc, sp, p, 'Sure!\nA poem.', z)
+    enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    rows = [sft_example(enc, special, p, 'Sure!\nA poem.', z)
             for p, z in (('Hi there.', 'topic:Arts entity:Mona_Lisa'), ('Hi.', 'topic:Sport'), ('Yo.', 'topic:Arts'))]
     stream = np.arange(1000, dtype=np.uint16) % 97 + 5
     anchor_sft.sft_batch_size, anchor_sft.replay_rows = 3, 2
     try:
-        plain = anchor_sft.make_get_batch(rows, 'cpu', sp, True)
-        mixed = anchor_sft.make_get_batch(rows, 'cpu', sp, True, stream)
+        plain = anchor_sft.make_get_batch(rows, 'cpu', special, True)
+        mixed = anchor_sft.make_get_batch(rows, 'cpu', special, True, stream)
         x0, y0, *d0 = plain('train', torch.Generator().manual_seed(3), [0])[0]
         x, y, *d = mixed('train', torch.Generator().manual_seed(3), [0])[0]
         assert x.shape == (5, x0.size(1)) and torch.equal(x[:3], x0) and torch.equal(y[:3], y0)
@@ -166,24 +168,24 @@ def test_replay_docs_window(tiny_data):
     import numpy as np
     import anchor_sft
     from formats import BOS
-    sp = load_meta(tiny_data)['special_tokens']
-    bos, ann, txt = sp[BOS], sp[ANN], sp[TEXT]
+    special = load_meta(tiny_data)['special_tokens']
+    bos, ann, txt = special[BOS], special[ANN], special[TEXT]
     # two documents: one chunk (z 11 12, text 21 22 23), then two chunks (z 13, text 24 25; z 14, text 26)
     doc = [bos, ann, 11, 12, txt, 21, 22, 23, bos, ann, 13, txt, 24, 25, ann, 14, txt, 26]
     stream = np.array(doc * 4, dtype=np.uint16)
     try:
         anchor_sft.replay_docs = True
-        x, y = anchor_sft.replay_window(stream, 2, 18, sp, True)  # drawn inside the first document
+        x, y = anchor_sft.replay_window(stream, 2, 18, special, True)  # drawn inside the first document
         assert x.tolist() == doc[8:] + doc[:8]  # moved to the next <|bos|>
         assert y.tolist() == [ann, 13, txt, IGNORE, 25, IGNORE, 14, txt, IGNORE, IGNORE,
                               ann, 11, 12, txt, IGNORE, 22, 23, IGNORE]
         # the plain stream (the fair control's replay): the same rule, a text starting after <|bos|>
         plain = np.array([bos, 21, 22, 23, bos, 24, 25, bos, 26] * 4, dtype=np.uint16)
-        x, y = anchor_sft.replay_window(plain, 1, 9, sp, False)
+        x, y = anchor_sft.replay_window(plain, 1, 9, special, False)
         assert x.tolist() == [bos, 24, 25, bos, 26, bos, 21, 22, 23]
         assert y.tolist() == [IGNORE, 25, IGNORE, IGNORE, IGNORE, IGNORE, 22, 23, IGNORE]
         anchor_sft.replay_docs = False
-        x, y = anchor_sft.replay_window(stream, 2, 18, sp, True)
+        x, y = anchor_sft.replay_window(stream, 2, 18, special, True)
         assert x.tolist() == (doc * 2)[2:20] and y.tolist() == (doc * 2)[3:21]
     finally:
         anchor_sft.replay_docs = False
@@ -191,7 +193,7 @@ def test_replay_docs_window(tiny_data):
 
 def test_sft_outputs(ckpts):
     ck = torch.load(ckpts / 'anchor' / 'ckpt.pt', weights_only=False)
-    assert ck['stage'] == 'sft' and ck['method'] == 'anchor' and ck['iter_num'] == 4
+    assert ck['stage'] == 'sft' and ck['method'] == 'anchored' and ck['iter_num'] == 4
     s = json.load(open(ckpts / 'anchor' / 'sft_set.json'))
     assert s['rows'] > 0 and s['sft_key'] == 'topic' and 0 < s['entropy_bits'] <= 1.0001  # two topics
     # the SFT length rule. Default (sft_patience 0): a fixed length, the last checkpoint is the model
@@ -218,8 +220,8 @@ def test_sft_val_loss_is_the_whole_val_set(tiny_data, ckpts):
     import anchor_sft
     from training import load_checkpoint, model_from_checkpoint
     meta = load_meta(tiny_data)
-    enc, sp = load_tokenizer(tiny_data, meta), meta['special_tokens']
-    rows, _ = anchor_sft.load_rows(os.path.join(tiny_data, 'sft_val.jsonl'), enc, sp, 256, False,
+    enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    rows, _ = anchor_sft.load_rows(os.path.join(tiny_data, 'sft_val.jsonl'), enc, special, 256, False,
                                    __import__('random').Random(0), 'val', 'topic')
     anchor_sft.sft_batch_size = 3  # batches of 3 rows: the last one shorter, padding never a target
     try:
@@ -264,7 +266,7 @@ def test_seeds_give_distinct_runs_and_samples(ckpts, tmp_path):
 
 def test_distill_needs_an_annotated_prior(ckpts):
     """Distillation needs an annotated prior to keep: a plain pretrained model has none."""
-    r = run('anchor_sft.py', '--method=anchor', '--anchor_prior=distill', f'--init_dir={ckpts / "base"}',
+    r = run('anchor_sft.py', '--method=anchored', '--anchor_prior=distill', f'--init_dir={ckpts / "base"}',
             f'--out_dir={ckpts / "nope"}', *SFT, check=False)
     one_error_line(r, "anchor_prior='distill' needs an annotated pretrained init_dir")
 
@@ -284,7 +286,7 @@ def test_sft_refusals(tiny_data, ckpts, tmp_path):
     meta['fingerprint'] = json.load(open(os.path.join(tiny_data, 'meta.json')))['fingerprint']
     meta['annotation_keys'] = []
     json.dump(meta, open(other / 'meta.json', 'w'))
-    one_error_line(run('anchor_sft.py', *base, f'--data_dir={other}', '--method=anchor', check=False),
+    one_error_line(run('anchor_sft.py', *base, f'--data_dir={other}', '--method=anchored', check=False),
                    'needs a data dir with annotations')
     # rows longer than block_size: all of them -> error; nothing written
     small = tmp_path / 'small'
@@ -298,16 +300,16 @@ def test_sft_refusals(tiny_data, ckpts, tmp_path):
                    'not a method')
     # resuming with another replay than the run was trained with
     shutil.copytree(ckpts / 'distill', tmp_path / 'd')
-    one_error_line(run('anchor_sft.py', f'--out_dir={tmp_path / "d"}', '--init_from=resume', '--method=anchor',
+    one_error_line(run('anchor_sft.py', f'--out_dir={tmp_path / "d"}', '--init_from=resume', '--method=anchored',
                        '--anchor_prior=distill', '--replay_rows=1', *SFT, check=False), 'trained with replay_rows=2')
-    one_error_line(run('anchor_sft.py', f'--out_dir={tmp_path / "d"}', '--init_from=resume', '--method=anchor',
+    one_error_line(run('anchor_sft.py', f'--out_dir={tmp_path / "d"}', '--init_from=resume', '--method=anchored',
                        '--anchor_prior=distill', '--replay_rows=2', *SFT, check=False), 'trained with replay_docs=True')
     one_error_line(run('anchor_sft.py', *base, '--sft_dropout=1.0', check=False), 'sft_dropout must be')
     # replay from a data dir without the annotated stream: refused before anything is written
     bare = tmp_path / 'bare'
     shutil.copytree(tiny_data, bare)
     os.remove(bare / 'annotated_train.bin')
-    r = run('anchor_sft.py', '--method=anchor', '--replay_rows=2', f'--data_dir={bare}',
+    r = run('anchor_sft.py', '--method=anchored', '--replay_rows=2', f'--data_dir={bare}',
             f'--init_dir={ckpts / "annotated"}', f'--out_dir={tmp_path / "o3"}', *SFT, check=False)
     one_error_line(r, 'token stream not found')
     assert not (tmp_path / 'o3' / 'sft_set.json').exists()
@@ -379,16 +381,17 @@ def test_text_budget_is_the_same_with_or_without_annotation(tiny_data):
     import sample
     from formats import END
     meta = load_meta(tiny_data)
-    enc, sp = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
     z = encode_annotation(enc, 'topic:Arts')[0]
     words = enc.encode_ordinary(' a b c d e f g h i j k l')[:10]
     assert len(words) == 10
-    stops = [sp[END]]
+    stops = [special[END]]
     old = sample.max_new_tokens
     try:
         sample.max_new_tokens = 10
-        for head, mode in (([], 'sft'), (z + [sp[TEXT]], 'anchor')):
-            split = lambda ids: sample.split_sample(head + ids + [sp[END]], mode, mode == 'anchor', sp, enc, stops)
+        for head, mode in (([], 'sft'), (z + [special[TEXT]], 'anchored')):
+            split = lambda ids: sample.split_sample(head + ids + [special[END]], mode, mode == 'anchored', special, enc,
+                                                    stops)
             ann, text, fin, n = split(words[:9])
             assert (ann, text, fin, n) == ('topic:Arts' if head else None, enc.decode(words[:9]), True, 10)
             ann, text, fin, n = split(words)

@@ -122,7 +122,7 @@ def test_sft_entropy_sweep(tmp_path):
     for name in ('pretrain-plain/1337', 'pretrain-annotated/1337', 'sft-k1/1337', 'anchored-k2/1337'):
         log = (tmp_path / 'out' / 'logs' / f'{name}.log').read_text()
         assert 'done:' in log
-    assert 'samples (anchor)' in (tmp_path / 'out' / 'logs' / 'sample-anchored-k1' / '1337.log').read_text()
+    assert 'samples (anchored)' in (tmp_path / 'out' / 'logs' / 'sample-anchored-k1' / '1337.log').read_text()
 
 
 STAGE = """import sys, time
