@@ -1,6 +1,6 @@
 """
 The data format, in one place: special tokens, the tokenizer file, annotations, and the token
-sequences of every stage with their loss masks (DESIGN.md section 4).
+sequences of every stage with their loss masks:
 
     pretrain, plain:      <|bos|> x
     pretrain, annotated:  <|bos|> <|ann|> z1 <|text|> x1 <|ann|> z2 <|text|> x2 ...
