@@ -133,6 +133,8 @@ def test_default_wiki_corpus(tmp_path):
     ('corpus', ['--tokenizer=sp'], "tokenizer must be one of bpe, gpt2; got 'sp'"),
     ('corpus', ['--sft_values=Cooking'], "sft_values ['Cooking'] not found"),
     ('corpus', ['--sft_docs=50'], 'only 10 documents'),
+    ('corpus', ['--dataset=someone/corpus', '--streaming=True', '--hf_split=train[10%:]'],
+     "hf_split 'train[10%:]': streaming reads 'name' or 'name[:N]'"),
 ])
 def test_bad_input_one_line_nothing_written(tmp_path, case, extra, needle):
     path = tmp_path / 'corpus.jsonl'
