@@ -306,12 +306,12 @@ sampled = set()  # the sample bounds that did take a sample (they shape the data
 
 
 def seeded_sample(ids, bound):
-    """At most config[bound] of ids, a seeded random sample kept in order: all of them if there are
-    no more."""
+    """At most config[bound] of ids (ascending), a seeded random sample kept in order: all of them if
+    there are no more."""
     if len(ids) <= config[bound]:
         return ids
     sampled.add(bound)
-    return sorted(random.Random(seed).sample(ids, config[bound]))
+    return np.asarray(ids)[np.sort(random.Random(seed).sample(range(len(ids)), config[bound]))]
 
 
 # -----------------------------------------------------------------------------
@@ -458,31 +458,33 @@ def sft_slice(counts):
 def docs_with(docs, wanted):
     """Indices of the documents with one of the wanted sft_key values in an annotation."""
     wanted = set(wanted)
-    return [i for i, zs in enumerate(doc_annotations(docs))
-            if any(k == sft_key and v in wanted for z in dict.fromkeys(zs) for k, v in parse_annotation(z))]
+    return np.fromiter((i for i, zs in enumerate(doc_annotations(docs)) if any(
+        k == sft_key and v in wanted for z in dict.fromkeys(zs) for k, v in parse_annotation(z))), dtype=np.int64)
 
 
 def split_docs(docs, sft_counts):
     """Document-level splits: SFT (the narrow slice), judge hold-out (all topics), pretraining;
-    and the sft_key values of the SFT slice."""
+    and the sft_key values of the SFT slice. Index arrays, 8 bytes a document: random.shuffle swaps
+    the items of a numpy array as it does a list's, the same permutation for the same length."""
     rng = random.Random(seed)
     wanted = sft_slice(sft_counts)
-    pool = docs_with(docs, wanted) if wanted else list(range(len(docs)))
+    pool = docs_with(docs, wanted) if wanted else np.arange(len(docs))
     if len(pool) < sft_docs + sft_val_docs:
         raise UserError(f"only {len(pool)} documents have {sft_key} in {wanted or 'any'}, "
                         f"need sft_docs + sft_val_docs = {sft_docs + sft_val_docs}")
     rng.shuffle(pool)
     sft, sft_val = pool[:sft_docs], pool[sft_docs:sft_docs + sft_val_docs]
-    taken = set(sft) | set(sft_val)
-    rest = [i for i in range(len(docs)) if i not in taken]
+    free = np.ones(len(docs), dtype=bool)
+    free[pool[:sft_docs + sft_val_docs]] = False
+    rest = np.flatnonzero(free)  # in order, as the SFT slice leaves them
     rng.shuffle(rest)
     heldout, pre = rest[:heldout_docs], rest[heldout_docs:]
     n_val = max(1, round(val_fraction * len(pre)))
     if len(pre) - n_val < 1:
         raise UserError(f"too few documents ({len(docs)}) for sft_docs={sft_docs}, sft_val_docs={sft_val_docs}, "
                         f"heldout_docs={heldout_docs} and a pretraining train/val split")
-    return {'train': sorted(pre[n_val:]), 'val': sorted(pre[:n_val]), 'sft_train': sft, 'sft_val': sft_val,
-            'heldout': heldout}, wanted
+    return {'train': np.sort(pre[n_val:]), 'val': np.sort(pre[:n_val]), 'sft_train': sft.tolist(),
+            'sft_val': sft_val.tolist(), 'heldout': heldout.tolist()}, wanted
 
 
 # -----------------------------------------------------------------------------
