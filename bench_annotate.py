@@ -111,7 +111,7 @@ def run_annotate(corpus, out_root, log):
     cmd = [sys.executable, 'annotate.py', f'--dataset={corpus}', f'--data_root={out_root}', '--name=bench',
            f'--annotator={annotator}', f'--num_proc={num_proc}']
     if annotator == 'keywords':
-        cmd += ['--sft_key=keyword', '--sft_values=top:2']
+        cmd += ['--sft_key=keyword', '--sft_values=']  # SFT slice: any document (keywords are many)
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, HF_DATASETS_CACHE=os.path.join(out_root, 'hf_cache'))
     t0, peak = time.time(), 0
