@@ -11,11 +11,12 @@ Writes data/<name>/: tokenizer.json (bpe), {plain,annotated}_{train,val}.bin (ui
 sft_{train,val}.jsonl, eval_prompts.jsonl, heldout.jsonl, words.txt (the words of the pretraining
 text, for diversity.py's fluency proxy) and, last of all, meta.json.
 
-At corpus scale: the documents live in an on-disk Arrow table, and every pass over them (chunking,
-annotating, tokenizing) is a batched `datasets` operation in num_proc processes, so memory does not
-grow with the corpus. Held in Python are a batch at a time, index lists (one int per document), the
-small SFT and held-out sets, and bounded samples: the keywords annotator is fitted on annotator_docs
-documents, the BPE and words.txt learn from tokenizer_docs documents.
+At corpus scale: the documents live in an on-disk Arrow table (in a temp dir under TMPDIR, as large
+as the corpus), and every pass over them (chunking, annotating, tokenizing) is a batched `datasets`
+map in num_proc processes, so memory does not grow with the corpus. Held in memory are a batch at a
+time, the split's index arrays (8 bytes a document), the small SFT and held-out sets, and bounded
+samples: the keywords annotator is fitted on annotator_docs documents, the BPE and words.txt learn
+from tokenizer_docs documents. bench_annotate.py measures it.
 """
 import importlib.util
 import itertools
@@ -51,7 +52,7 @@ max_sentences = 0  # shaping: keep only the first max_sentences sentences of eve
 exclude = ''  # drop documents annotated with one of these 'key:value' pairs (comma-separated)
 chunk_regex = r'\n\s*\n'  # documents are split into chunks on blank lines (paper: <z1> x1 <z2> x2 ...)
 # annotations
-annotator = 'fields'  # 'fields' (from dataset columns) or 'keywords' (top TF-IDF terms, for unlabeled corpora)
+annotator = 'fields'  # 'fields' (dataset columns), or annotators.py's 'keywords' (top TF-IDF terms: unlabeled text)
 fields = 'topic:topic,entity:title,description:description'  # annotation key:column, comma-separated
 keywords_per_chunk = 3
 annotator_docs = 20000  # a text annotator (keywords) is fitted on a seeded sample of this many documents at most
