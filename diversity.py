@@ -321,7 +321,9 @@ def corpus_reference(meta, heldout, words, cat_keys, rng):
         if (k, n) not in memo:
             memo[k, n] = expected_entropy(list(counts[k].values()), n, rng) if counts[k] else math.nan
         return memo[k, n]
-    ref = dict(opening=meta['assistant_opening'] or '', cat_keys=cat_keys, known={k: set(c) for k, c in counts.items()},
+    # the keys the models write in annotations; reference keys (annotate.py's reference_fields) only the judge knows
+    ann_keys = [k for k in cat_keys if k not in (meta.get('reference_keys') or ())]
+    ref = dict(opening=meta['assistant_opening'] or '', cat_keys=ann_keys, known={k: set(c) for k, c in counts.items()},
                words=words, sft_key=meta.get('sft_key'), sft_values=set(meta.get('sft_values') or ()), prior_h=prior_h)
     return ref, prior
 
@@ -405,7 +407,7 @@ def main():
     hl = dict(metrics=heads, arm=anchored[0] if anchored else None, controls=controls, narrowing=narrow,
               sentences=headline(comp, narrow, heads, anchored, controls))
     rep = dict(prompts=n_prompts, headline=hl, arms=arms, collapse=collapse_table(st, div_metrics, notes),
-               comparisons=comp, matched_quality=frontier, judge=judge_stats, prior=prior, cat_keys=cat_keys,
+               comparisons=comp, matched_quality=frontier, judge=judge_stats, prior=prior, cat_keys=ref['cat_keys'],
                sft_key=ref['sft_key'], sft_values=sorted(ref['sft_values']), notes=notes, environment=environment(),
                config=dict(config, anchored=anchored, controls=controls))
     md = render_md(rep, div_metrics, heads)

@@ -169,7 +169,8 @@ def load_run(env):
     if (annotation or no_annotation or annotation_from) and mode != 'anchored':
         raise UserError(f"--annotation/--no_annotation/--annotation_from need an anchored checkpoint; "
                         f"{ckpt_dir} is '{mode}'")
-    prior = load_annotated_prior(annotation_from, env['device'], meta['fingerprint'], '--annotation_from') if annotation_from else None
+    prior = (load_annotated_prior(annotation_from, env['device'], meta['fingerprint'], '--annotation_from')
+             if annotation_from else None)
     return ckpt, mode, ddir, meta, load_tokenizer(ddir, meta), prior
 
 

@@ -113,6 +113,31 @@ def test_keywords_annotator(tmp_path):
     assert 1 <= len(z) <= 3 and all(k == 'keyword' and v.isalpha() for k, v in z)
 
 
+def test_embed_annotator_with_reference_labels(tmp_path):
+    """annotator='embed' (zero-shot labels) wired into annotate.py: the chunks get the embedder's
+    labels under their own key; the corpus's own labels (reference_fields) reach only heldout.jsonl,
+    the evaluation judge's documents, and exclude sees them."""
+    corpus = make_corpus(tmp_path / 'c.jsonl', n_docs=60)
+    labels = 'Art: painting, music; Physics: atom, energy; Land: river, mountain; Games: football, tennis'
+    run('annotate.py', *annotate_args(corpus, tmp_path), '--annotator=embed', f'--embed_labels={labels}',
+        '--embed_key=label', '--reference_fields=topic:topic', '--sft_key=label', '--sft_values=Art',
+        '--exclude=topic:Sport', '--heldout_docs=6', '--sft_docs=6', '--sft_val_docs=2', '--device=cpu')
+    meta, streams, rows = load(tmp_path / 'tiny')
+    assert meta['annotation_keys'] == ['label'] and meta['reference_keys'] == ['topic']
+    assert meta['categorical_keys'] == ['label', 'topic']
+    enc = load_tokenizer(tmp_path / 'tiny', meta)
+    text = enc.decode(streams['annotated_train'].tolist())
+    assert 'label:' in text and 'topic:' not in text and 'sport' not in text.lower()
+    for r in rows['heldout']:
+        z = dict(parse_annotation(r['annotation']))
+        assert set(z) == {'label', 'topic'} and z['topic'] != 'Sport'
+    # the labels follow the topic words: most Arts documents are labelled Art
+    arts = [dict(parse_annotation(r['annotation']))['label'] for r in rows['heldout']
+            if 'topic:Arts' in r['annotation']]
+    assert all(dict(parse_annotation(r['annotation']))['label'] == 'Art' for r in rows['sft_train'])
+    assert arts and arts.count('Art') >= len(arts) / 2
+
+
 def test_default_wiki_corpus(tmp_path):
     """The embedded corpus end to end (a few seconds)."""
     r = run('annotate.py', 'config/small.py', f'--data_root={tmp_path}')
@@ -129,10 +154,13 @@ def test_default_wiki_corpus(tmp_path):
     ('blank', [], 'no non-empty texts'),
     ('corpus', ['--text_column=body'], "no text column 'body'"),
     ('corpus', ['--fields=topic:topic,mood:mood'], "no column 'mood' (available:"),
-    ('corpus', ['--annotator=llm'], "annotator must be one of fields, keywords; got 'llm'"),
+    ('corpus', ['--annotator=gpt'], "annotator must be one of fields, keywords, embed, llm; got 'gpt'"),
+    ('corpus', ['--annotator=llm'], "annotator 'llm' needs llm_model"),
     ('corpus', ['--tokenizer=sp'], "tokenizer must be one of bpe, gpt2; got 'sp'"),
     ('corpus', ['--sft_values=Cooking'], "sft_values ['Cooking'] not found"),
     ('corpus', ['--sft_docs=50'], 'only 10 documents'),
+    ('corpus', ['--dataset=someone/corpus', '--streaming=True', '--hf_split=train[10%:]'],
+     "hf_split 'train[10%:]': streaming reads 'name' or 'name[:N]'"),
 ])
 def test_bad_input_one_line_nothing_written(tmp_path, case, extra, needle):
     path = tmp_path / 'corpus.jsonl'

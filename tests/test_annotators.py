@@ -40,7 +40,8 @@ def test_parse_labels_syntax():
 
 
 @pytest.mark.parametrize('kind,cfg,needle', [
-    ('keywords', {}, "'embed' or 'llm'"),
+    ('magic', {}, 'annotator must be one of keywords, embed, llm'),
+    ('keywords', {'keywords_per_chunk': 0}, 'keywords_per_chunk must be > 0'),
     ('embed', {'embed_key': 'my topic'}, 'embed_key'),
     ('embed', {'embed_clusters': 1}, 'embed_clusters must be >= 2'),
     ('embed', {'embed_labels': 'Arts'}, 'at least 2 labels'),

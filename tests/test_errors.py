@@ -60,6 +60,27 @@ def test_encoding_and_types(tiny_data, runs, tmp_path):
     one_error_line(r, "row 1: method='anchored' needs an annotation, got null")
 
 
+MIXED = ''.join(json.dumps({'text': {'a': 1} if i == 5 else f'doc {i}', 'topic': 'Arts'}) + '\n' for i in range(9))
+
+
+@pytest.mark.parametrize('name,content,needle', [
+    ('corpus.jsonl', b'{"text": "ok", "topic": "Arts"}\n{"text": "caf\xe9", "topic": "Arts"}\n', ':2: not UTF-8 text'),
+    ('corpus.txt', b'first paragraph\n\nsecond\n\xff\xfe third\n', ':4: not UTF-8 text'),
+    ('corpus.jsonl', b'{"text": "ok", "topic": "Arts"}\n{"text": "cut\n', ':2: not valid JSON ('),
+    ('corpus.jsonl', b'{"text": "ok"}\n["text", "topic"]\n', ':2: not a JSON object'),
+    ('corpus.json', b'[\n{"text": "a", "topic": "x"},\n{"text": "b", "topic": \n]\n', ':4: not valid JSON'),
+    ('corpus.jsonl', MIXED.encode(), "text column 'text' holds mixed JSON values, not text"),
+])
+def test_unreadable_corpus_files(tmp_path, name, content, needle):
+    """A corpus file that cannot be read: one line naming the file, the line and the problem (the
+    loader would say 'An error occurred while generating the dataset'), before anything is written."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    r = run('annotate.py', f'--dataset={path}', '--fields=topic:topic', f'--data_root={tmp_path / "d"}', check=False)
+    one_error_line(r, f'{path}{needle}' if needle.startswith(':') else needle)
+    assert not any((tmp_path / 'd').iterdir())
+
+
 # -----------------------------------------------------------------------------
 # output paths
 
