@@ -47,7 +47,7 @@ def test_gpu_size_configs_run_on_simplestories_fixture(stories, tmp_path, size):
     r = run('anchor_sft.py', 'config/simplestories.py', f'config/{size}.py', f'--data_dir={stories}',
             f'--init_dir={tmp_path / "pre"}', f'--out_dir={tmp_path / "sft"}', '--method=anchored', '--sft_iters=2',
             '--sft_eval_interval=2', '--sft_batch_size=2', '--device=cpu', '--dtype=float32',
-            '--compile=False', '--progress=False', '--gradient_accumulation_steps=1')
+            '--sft_compile=False', '--progress=False', '--gradient_accumulation_steps=1')
     assert 'done: 2 iters' in r.stdout
 
 
