@@ -30,7 +30,7 @@ import torch
 
 from common import UserError, check_config, check_device, main_guard
 from model import GPT, GPTConfig
-from training import DTYPES, autocast, check_model_config, peak_flops, setup_device
+from training import DTYPES, autocast, check_model_config, peak_flops, resolve_dtype, setup_device
 
 # -----------------------------------------------------------------------------
 what = 'train'  # 'train', 'sample' or 'quality' (see above)
@@ -96,15 +96,16 @@ def bench_train(model, env, opt_kind):
     mfu = f"{model.estimate_mfu(tokens, dt, flops) * 100:.1f}%" if flops else 'n/a (give --cpu_peak_flops)'
     name = torch.cuda.get_device_name() if env['device_type'] == 'cuda' else 'cpu'
     achieved = model.flops_per_token() * tokens / dt  # model FLOP/s, whatever the device's peak
-    print(f"train step on {name} ({dtype}, compile={compile}), {model.config.recipe} + {opt_kind}: "
-          f"{model.num_params() / 1e6:.2f}M params, batch {batch_size}x{block_size}: {dt * 1000:.1f} ms/iter, "
+    print(f"train step on {name} ({resolve_dtype(env['device_type'], dtype)}, compile={compile}), "
+          f"{model.config.recipe} + {opt_kind}: {model.num_params() / 1e6:.2f}M params, "
+          f"batch {batch_size}x{block_size}: {dt * 1000:.1f} ms/iter, "
           f"{tokens / dt:,.0f} tokens/s, {achieved / 1e9:,.1f} GFLOP/s, MFU {mfu}")
     return tokens / dt
 
 
 def bench_sample(model, env):
     model.eval()
-    ctx = autocast(env['device_type'], dtype)
+    ctx = autocast(env['device_type'], dtype, training=False)
     prompt = torch.randint(vocab_size, (1, prompt_tokens), device=env['device'])
 
     def timed(fn):

@@ -47,6 +47,8 @@ control_arms = 'sft,sft-replay'  # what anchoring is compared with: standard SFT
 anchored_arms = 'anchored'  # comma-separated: each is compared with every control; the first is the headline's
 headline_metrics = ''  # '' = entropy_<first categorical key> and dissimilarity (the paper's two metrics)
 bootstrap = 1000  # resamples (seeds, then prompts within each) for 95% CIs; 0 = no CIs
+embed_only = False  # only embed the samples into out_dir/cache (study.py: seed by seed, beside training), no report
+threads = 0  # torch CPU threads (0: torch's default)
 seed = 1337
 from configurator import configure  # noqa: E402  (imported by tests: keeps the defaults)
 config = configure(globals())
@@ -136,11 +138,12 @@ def load_data(data_dir):
 # -----------------------------------------------------------------------------
 # embeddings and the judge
 
-def heldout_embeddings(model, texts):
-    """Embeddings of the judge's documents, cached in out_dir under a hash of the embedder and the
-    exact texts (which already depend on heldout.jsonl, judge_max_docs and seed)."""
+def cached_embeddings(model, texts, kind):
+    """Embeddings of texts, cached in out_dir/cache under a hash of the embedder and the exact
+    texts: the judge's documents ('heldout'), and every samples file ('samples'), which study.py
+    embeds seed by seed (embed_only) while other arms still train."""
     h = digest('\0'.join([embedder] + texts))
-    path = os.path.join(out_dir, 'cache', f'heldout-{h}.npy')
+    path = os.path.join(out_dir, 'cache', f'{kind}-{h}.npy')
     if os.path.isfile(path):
         try:
             e = np.load(path)
@@ -293,7 +296,7 @@ def headline(comp, narrow, heads, anchored, controls):
 def build_judges(model, heldout, cat_keys, rng, notes):
     """One judge per categorical key, on a capped random subset of the held-out docs."""
     docs = [heldout[i] for i in sorted(rng.permutation(len(heldout))[:judge_max_docs])]
-    emb = heldout_embeddings(model, [d['text'] for d in docs])
+    emb = cached_embeddings(model, [d['text'] for d in docs], 'heldout')
     judges, stats = {}, {}
     for k in cat_keys:
         has = [(i, v) for i, d in enumerate(docs) if (v := annotation_values(d.get('annotation')).get(k))]
@@ -331,8 +334,9 @@ def corpus_reference(meta, heldout, words, cat_keys, rng):
 def check_config_values():
     """Every config value, before any work: the headline metrics that can exist, the numbers, the
     output dir. Returns the headline metrics asked for ('' = the paper's two)."""
-    if bootstrap < 0 or not 0 < judge_test_frac < 1 or judge_max_docs < 2 or embed_batch_size < 1:
-        raise UserError("need bootstrap >= 0, 0 < judge_test_frac < 1, judge_max_docs >= 2 and embed_batch_size >= 1")
+    if bootstrap < 0 or not 0 < judge_test_frac < 1 or judge_max_docs < 2 or embed_batch_size < 1 or threads < 0:
+        raise UserError("need bootstrap >= 0, 0 < judge_test_frac < 1, judge_max_docs >= 2, embed_batch_size >= 1 "
+                        "and threads >= 0")
     check_device(device)
     check_out_dir(out_dir, 'out_dir')
     clean_stale_temps(out_dir, ('report.json', 'report.md', 'diversity_quality.png'))
@@ -342,7 +346,7 @@ def check_config_values():
 def replicate_metrics(model, judges, ref, rows, pids):
     """One samples file: {metric: (P,) per-prompt values}, the judge's labels of every sample and
     the most common number of samples per prompt."""
-    emb = embed(model, [content(r['text'], ref['opening']) for r in rows], embed_batch_size)
+    emb = cached_embeddings(model, [content(r['text'], ref['opening']) for r in rows], 'samples')
     labels = {k: clf.predict(emb) for k, clf in judges.items()}
     annotated = any((r['annotation'] or '').strip() for r in rows)
     by_prompt = {}
@@ -375,12 +379,27 @@ def measure_arms(model, judges, ref, data, paths, prior):
     return table, arms, len(pids)
 
 
+def embed_samples(data, meta):
+    """embed_only: the samples' contents into the cache, so that the report finds them there."""
+    model = load_embedder(embedder, device)
+    for reps in data.values():
+        for rows in reps:
+            cached_embeddings(model, [content(r['text'], meta['assistant_opening'] or '') for r in rows], 'samples')
+    print(f"embedded {sum(map(len, data.values()))} samples files into {out_dir}/cache")
+
+
 def main():
+    asked = check_config_values()
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
     data, paths = load_samples(samples)
     meta, heldout, words = load_data(data_dir)
+    if embed_only:
+        return embed_samples(data, meta)
     cat_keys = list(meta['categorical_keys'])
     known = [f'entropy_{k}' for k in cat_keys] + list(BASE_DIVERSITY)
-    heads = check_config_values() or list(dict.fromkeys([known[0], 'dissimilarity']))
+    heads = asked or list(dict.fromkeys([known[0], 'dissimilarity']))
     bad = [h for h in heads if h not in known]
     if bad:
         raise UserError(f"headline metric '{bad[0]}' is not one of: {', '.join(known)}")

@@ -336,7 +336,8 @@ def run_section(run):
         RUN_HEADER, '',
         f"Config files: {', '.join(run['config_files'])}; seeds {run['seeds']} (ablations {run['ablation_seeds']}), "
         f"pretraining pairs {run['pretrain_seeds']}; {run['jobs']} stage(s) at a time with {run['threads_per_stage']} "
-        f"torch thread(s) each, {run['nproc']} process(es) per training stage.",
+        f"torch thread(s) each, {run['nproc']} process(es) per training stage; training in {run['train_dtype']} "
+        "(dtype 'auto': bf16 where the machine multiplies bf16 natively).",
         f"Machine: {env['gpu'] or env['cpu']}, {env['cores']} cores, torch {env['torch']}, Python {env['python']}, "
         f"{env['platform']}. Training on a CPU repeats exactly on one machine, not across machines: another "
         "machine's run is expected inside the CIs above, not at the same digits.",

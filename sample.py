@@ -120,7 +120,7 @@ def prior_annotations(prior, n, special, temp, gen, meta, env):
     (n, F) forced ids of model.generate (-1 pads rows with a shorter annotation)."""
     stops = [special[TEXT], special[BOS], special[ANN]]
     idx = torch.tensor([[special[BOS], special[ANN]]] * n, dtype=torch.long, device=env['device'])
-    with autocast(env['device_type'], dtype):
+    with autocast(env['device_type'], dtype, training=False):
         z, _ = prior.generate(idx, 2 * meta['max_annotation_tokens'], temperature=temp, top_k=top_k or None,
                               top_p=top_p, stop_ids=stops, generator=gen, vocab_limit=meta['vocab_size'])
     rows = [[t for t in itertools.takewhile(lambda t: t not in stops, row)] + [special[TEXT]] for row in z.tolist()]
@@ -196,7 +196,7 @@ def generate_batch(model, batch, new_tokens, gen, prior, meta, special, env):
     ann_temp = temperature if annotation_temperature < 0 else annotation_temperature
     forced = None if prior is None else prior_annotations(prior, len(batch), special, ann_temp, gen, meta, env)
     p = batch[0][2]  # the stops and the annotation's end are the same for every prompt of a checkpoint
-    with autocast(env['device_type'], dtype):
+    with autocast(env['device_type'], dtype, training=False):
         new, _ = model.generate(idx, new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
                                 stop_ids=p.stops, annotation_end=p.annotation_end, annotation_temperature=ann_temp,
                                 generator=gen, use_cache=use_cache, vocab_limit=meta['vocab_size'], forced=forced,

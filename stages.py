@@ -28,14 +28,16 @@ def file_digest(path):
 @dataclass
 class Stage:
     """One run of a stage script: its name (also its log's name), the script and its arguments, the
-    files it writes (all present = done), the stages it depends on, and whether it trains (under
-    torchrun with nproc > 1) or takes --threads (training and sampling stages)."""
+    files it writes (all present = done), the stages it depends on, whether it takes --threads and
+    --progress (to share the cores and keep its log free of bars), and whether it trains (under
+    torchrun with nproc > 1)."""
     name: str
     script: str
     args: list
     outputs: list
     deps: list = field(default_factory=list)
     threaded: bool = True
+    progress: bool = True
     trains: bool = False
 
 
@@ -61,7 +63,7 @@ class Stages:
             cmd = [sys.executable, script]
         cmd += self.config_files + [str(a) for a in st.args]
         if st.threaded and self.jobs > 1:  # (their output goes to a log: no progress bars)
-            cmd += [f'--threads={max(1, (os.cpu_count() or 1) // self.jobs)}', '--progress=False']
+            cmd += [f'--threads={max(1, (os.cpu_count() or 1) // self.jobs)}'] + (['--progress=False'] * st.progress)
         return cmd
 
     def run(self, stages):

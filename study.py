@@ -97,9 +97,11 @@ SWEPT = ('sft', 'sft-replay', 'anchored')  # the arms of the temperature sweep
 class Study:
     """The stages of one study under root (a scaling size has its own root and stage-name tag)."""
 
-    def __init__(self, root, data_dir, tag='', pretrain_args=()):
-        self.root, self.data_dir, self.tag, self.pretrain_args = root, data_dir, tag, list(pretrain_args)
-        self.stages, self.samples = {}, []  # samples: (arm, path) in replicate order
+    def __init__(self, root, data_dir, rdir, tag='', pretrain_args=()):
+        self.root, self.data_dir, self.rdir, self.tag = root, data_dir, rdir, tag
+        self.pretrain_args = list(pretrain_args)
+        self.stages, self.samples = {}, []  # samples: (arm, path, stage) in replicate order
+        self.embedded = 0  # samples[:embedded] have an embed stage
 
     def add(self, st):
         self.stages.setdefault(st.name, st)
@@ -139,16 +141,27 @@ class Study:
                        [f'--ckpt_dir={model[1]}', f'--out={path}', f'--num_samples={num_samples}',
                         f'--max_new_tokens={max_new_tokens}', f'--temperature={temp}', f'--seed={s}', *extra],
                        [path], [model[0]]))
-        self.samples.append((arm, path))
+        self.samples.append((arm, path, f'{self.tag}sample-{arm}/{s}'))
+
+    def embed(self, group):
+        """A stage that embeds the samples written since the last one into the report's cache, so
+        that the sentence embedder runs beside the training of other seeds, not after all of it."""
+        todo, self.embedded = self.samples[self.embedded:], len(self.samples)
+        if todo:
+            self.add(Stage(f'{self.tag}embed/{group}', 'diversity.py',
+                           [f"--samples={','.join(f'{a}={p}' for a, p, _ in todo)}", f'--data_dir={self.data_dir}',
+                            f'--out_dir={self.rdir}', '--embed_only=True'], [], [st for _, _, st in todo],
+                           progress=False))
 
     def arm(self, k, arm, temp=temperature, name=None):
         run, extra = ARMS[arm]
         self.sample(k, name or arm, self.model(k, run), extra, temp)
 
-    def report(self, rdir, anchored, controls):
+    def report(self, anchored, controls):
         """The diversity stage over every sample written so far; returns its stage name."""
-        spec = ','.join(f'{a}={p}' for a, p in self.samples)
-        deps = [n for n, st in self.stages.items() if st.script == 'sample.py']
+        rdir = self.rdir
+        spec = ','.join(f'{a}={p}' for a, p, _ in self.samples)
+        deps = [n for n, st in self.stages.items() if st.script in ('sample.py', 'diversity.py')]
         name = 'diversity' if rdir == os.path.join(self.root, 'report') else f'diversity:{rdir}'
         return self.add(Stage(f'{self.tag}{name}', 'diversity.py',
                               [f'--samples={spec}', f'--data_dir={self.data_dir}', f'--out_dir={rdir}',
@@ -183,9 +196,11 @@ def main_study(study, temps):
                 study.arm(k, arm, t, name=f'{arm}@t{t:g}')
         for name, method, init, args in parse_variants():
             study.sample(k, name, study.model(k, name, method, init, args))
+        study.embed(f'seed{seed + k}')
     for k in replicates(ablation=True):
         for arm in ABLATIONS:
             study.arm(k, arm)
+    study.embed('ablations')
     anchored = ['anchored', 'anchored-noann', 'anchored-prior', 'anchored-mask', 'anchored-plain']
     return anchored + [n for n, *_ in parse_variants() if n.startswith('anchored')], ['sft', 'sft-replay']
 
@@ -199,14 +214,17 @@ def entropy_study(study, ks, topics):
             for run, method, init, extra in (('sft', 'sft', 'base', ['--replay_rows=0']),
                                              ('anchored', 'anchored', 'annotated-base', [])):
                 study.sample(k, f'{run}-k{n}', study.model(k, f'{run}-k{n}', method, init, rows + extra))
+        study.embed(f'seed{seed + k}')
 
 
 def scaling_study(study):
     for k in replicates():
         for arm in ('base', 'sft', 'sft-replay', 'anchored'):
             study.arm(k, arm)
+        study.embed(f'seed{seed + k}')
     for k in replicates(ablation=True):
         study.arm(k, 'anchored-mask')
+    study.embed('ablations')
     return ['anchored', 'anchored-mask'], ['sft', 'sft-replay']
 
 
@@ -260,13 +278,21 @@ def run_sizes(runner, data_dir, rdir):
     reps, params = {}, {}
     for spec in sizes.split(';'):
         size, _, args = (x.strip() for x in spec.partition(':'))
-        study = Study(os.path.join(out_root, size), data_dir, f'{size}/', args.split())
+        study = Study(os.path.join(out_root, size), data_dir, os.path.join(out_root, size, 'report'), f'{size}/',
+                      args.split())
         anchored, controls = scaling_study(study)
-        study.report(os.path.join(study.root, 'report'), anchored, controls)
+        study.report(anchored, controls)
         runner.run(list(study.stages.values()))
         reps[size] = read_json(os.path.join(study.root, 'report', 'report.json'))
         params[size] = model_params(study.pretrained(0, 'base')[1])
     return scaling_section(reps, params, rdir)
+
+
+def train_dtype():
+    """The autocast dtype that dtype='auto' gives the training stages on this machine."""
+    import torch
+    from training import resolve_dtype
+    return resolve_dtype('cuda' if torch.cuda.is_available() else 'cpu')
 
 
 def model_params(run_dir):
@@ -287,7 +313,8 @@ def finish_report(rdir, ks, runner, t_start):
         text += '\n' + entropy_section(rep, ents, ks, rdir)
     run = dict(config_files=config_files, seeds=seeds, ablation_seeds=ablation_seeds, pretrain_seeds=pretrain_seeds,
                jobs=runner.jobs, nproc=nproc, threads_per_stage=max(1, (os.cpu_count() or 1) // runner.jobs),
-               stage_seconds=runner.times, wall_seconds=round(time.time() - t_start), environment=environment())
+               stage_seconds=runner.times, wall_seconds=round(time.time() - t_start), environment=environment(),
+               train_dtype=train_dtype())
     text += '\n' + run_section(run)
     write_json(os.path.join(rdir, 'report.json'), dict(rep, study=run))
     return text
@@ -302,14 +329,14 @@ def main():
     if sizes:
         text = run_sizes(runner, data_dir, rdir)
     else:
-        study = Study(out_root, data_dir)
+        study = Study(out_root, data_dir, rdir)
         if ks:
             entropy_study(study, ks, topics)
             k2 = 2 if 2 in ks else ks[0]  # the k=2 pair stands for sft/anchored in the headline
             anchored, controls = [f'anchored-k{k2}'], [f'sft-k{k2}']
         else:
             anchored, controls = main_study(study, temps)
-        study.report(rdir, anchored, controls)
+        study.report(anchored, controls)
         runner.run(list(study.stages.values()))
         text = finish_report(rdir, ks, runner, t_start)
     write_text(os.path.join(rdir, 'report.md'), text)

@@ -25,3 +25,15 @@ sft_batch_size = 32
 sft_lr_frac = 0.1
 sft_warmup_iters = 20
 sft_eval_interval = 100
+# the anchored recipe of config/small.py at this size: prior distillation and replay of whole
+# pretraining documents (1 in 5 rows of a batch, as there), the arms that replay at their own
+# learning rate (2x SFT's, as there); study.py runs the paper's plain masking beside it (anchored-mask) and standard SFT
+# with the same replay (sft-replay). Untested at this size: a GPU run should check them first.
+anchor_prior = 'distill'
+distill_weight = 1.0
+replay_rows = 8
+replay_docs = True
+replay_lr_frac = 0.2
+sft_dropout = 0.1
+# study.py: every arm at 3 seeds, the training stages under torchrun (e.g. --nproc=8)
+seeds = 3

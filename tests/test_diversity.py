@@ -313,6 +313,24 @@ def test_end_to_end(tmp_path, data_dir):
     assert list((out / 'cache').glob('heldout-*.npy'))
 
 
+def test_embed_only_fills_the_cache_the_report_reads(tmp_path, data_dir):
+    """embed_only (study.py runs it seed by seed beside training): the samples' embeddings go to the
+    report's cache and nothing else is written; the report then reads them from there."""
+    topics = list(WORDS)
+    base = write_samples(tmp_path / 'base.jsonl', [topics[i % 3] for i in range(4)], False, opening=False)
+    sft = write_samples(tmp_path / 'sft.jsonl', ['Cooking'] * 4, False)
+    r = run(tmp_path, data_dir, f'base={base},sft={sft}', '--embed_only=True')
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / 'report'
+    cached = sorted(p.name for p in (out / 'cache').glob('samples-*.npy'))
+    assert len(cached) == 2 and not (out / 'report.md').exists()
+    before = {p: (out / 'cache' / p).stat().st_mtime_ns for p in cached}
+    r = run(tmp_path, data_dir, f'base={base},sft={sft}', '--bootstrap=20')
+    assert r.returncode == 0, r.stderr
+    assert {p: (out / 'cache' / p).stat().st_mtime_ns for p in cached} == before  # read, not rewritten
+    assert (out / 'report.md').exists()
+
+
 def test_prompt_metrics_annotation_fields_worked_example():
     """4 anchored samples: sampled topics A, A, B, 'Zq' (malformed); the judge says A, B, B, B."""
     rows = [dict(text=f'Sure!\nt{i} word', finished=i < 3, tokens=5, annotation=a)

@@ -4,7 +4,7 @@ import json
 
 from conftest import make_corpus, run
 
-TINY_CONFIG = """
+TINY_DATA = """
 dataset = {corpus!r}
 text_column = 'text'
 fields = 'topic:topic,entity:title,description:description'
@@ -15,6 +15,8 @@ heldout_docs = 40
 val_fraction = 0.2
 vocab_size = 400
 num_proc = 1
+"""
+TINY_MODEL = """
 n_layer = 1
 n_head = 2
 n_embd = 32
@@ -39,6 +41,7 @@ replay_docs = True
 replay_lr_frac = 0.3
 sft_dropout = 0.1
 """
+TINY_CONFIG = TINY_DATA + TINY_MODEL
 # study.py's own keys can live in the same config file as every stage's
 STUDY_KEYS = """
 out_root = {out!r}
@@ -50,14 +53,18 @@ max_new_tokens = 24
 
 
 def test_study_end_to_end_and_rerun_skips(tmp_path):
-    """Two seeds: every arm but the two ablations post-trained and sampled at each, from one
-    pretrained pair; the report's figures are means over the seeds with the value of each."""
+    """The scale-up form of the study on a CPU: a data config, then a model config, passed through to
+    every stage, the training stages under torchrun with 2 gloo processes. Two seeds: every arm but
+    the two ablations post-trained and sampled at each, from one pretrained pair; the report's
+    figures are means over the seeds with the value of each."""
     corpus = make_corpus(tmp_path / 'corpus.jsonl', n_docs=120)
-    cfg = tmp_path / 'tiny.py'
-    cfg.write_text(TINY_CONFIG.format(corpus=str(corpus))
-                   + STUDY_KEYS.format(out=str(tmp_path / 'out'), data=str(tmp_path / 'data')))
-    args = [str(cfg), '--temperatures=0.7', '--seeds=2', '--jobs=2']
-    run('study.py', *args, timeout=900)
+    data, model = tmp_path / 'tiny_data.py', tmp_path / 'tiny_model.py'
+    data.write_text(TINY_DATA.format(corpus=str(corpus))
+                    + STUDY_KEYS.format(out=str(tmp_path / 'out'), data=str(tmp_path / 'data')))
+    model.write_text(TINY_MODEL + 'gradient_accumulation_steps = 2\n')  # a micro-batch per rank
+    args = [str(data), str(model), '--temperatures=0.7', '--seeds=2', '--nproc=2']
+    r = run('study.py', *args, timeout=900)
+    assert 'on cpu x2' in r.stdout  # pretraining and SFT ran on 2 processes
     out = tmp_path / 'out'
     report = out / 'report'
     md = (report / 'report.md').read_text()
@@ -94,7 +101,7 @@ def test_study_end_to_end_and_rerun_skips(tmp_path):
     # a re-run finds every stage up to date
     r2 = run('study.py', *args, timeout=600)
     assert 'ran: nothing (all up to date)' in r2.stdout
-    assert r2.stdout.count('up to date, skipped') == 1 + 2 + 2 * 3 + 2 + 2 * 10 + 2 + 1
+    assert r2.stdout.count('up to date, skipped') == 1 + 2 + 2 * 3 + 2 + 2 * 10 + 2 + 3 + 1  # 3: embed stages
     assert json.load(open(out / 'seed1337' / 'anchored-mask' / 'sft_set.json'))['rows'] > 0
 
 
