@@ -27,8 +27,8 @@ sft_warmup_iters = 20
 sft_eval_interval = 100
 # the anchored recipe of config/small.py at this size: prior distillation and replay of whole
 # pretraining documents (1 in 5 rows of a batch, as there), the arms that replay at their own
-# learning rate (2x SFT's, as there); study.py runs the paper's plain masking beside it (anchored-mask) and standard SFT
-# with the same replay (sft-replay). Untested at this size: a GPU run should check them first.
+# learning rate (2x SFT's, as there); study.py runs the paper's plain masking beside it
+# (anchored-mask) and standard SFT with the same replay (sft-replay). Untested at this size.
 anchor_prior = 'distill'
 distill_weight = 1.0
 replay_rows = 8
