@@ -20,7 +20,7 @@ report.md (report.py renders it), diversity_quality.png.
 """
 import math
 import os
-from collections import Counter, namedtuple
+from collections import Counter
 
 import numpy as np
 
@@ -28,8 +28,8 @@ from common import (UserError, atomic_write, check_device, check_out_dir, clean_
                     main_guard, read_jsonl, split_list, write_json, write_text)
 from embeddings import embed, load_embedder
 from formats import annotation_values, load_meta
-from metrics import (bootstrap_draws, bootstrap_means, ci95, collapse, collapse_ratio, content, derived,
-                     entropy_bits, expected_entropy, gap_closed, prompt_metrics)
+from metrics import (ci95, collapse_table, comparisons, content, entropy_bits, expected_entropy, matched_quality,
+                     narrowing, prompt_metrics, summarize)
 from report import headline_sentence, jsonable, narrowing_sentence, plot_png, render_md
 
 # -----------------------------------------------------------------------------
@@ -174,110 +174,7 @@ def train_judge(emb, labels, rng):
 
 
 # -----------------------------------------------------------------------------
-# statistics: means over replicates, two-level bootstrap CIs, collapse, the headline
-
-def summarize(table):
-    """table: {arm: {metric: (R, P) array}} -> Stats of every arm and metric: the mean over replicates
-    and prompts, its bootstrap resamples (replicates, then prompts within each; paired across arms),
-    and the mean of every replicate."""
-    rng = np.random.default_rng(seed)
-    shapes = [next(iter(ms.values())).shape for ms in table.values()]
-    draws = bootstrap_draws([r for r, _ in shapes], shapes[0][1], max(bootstrap, 1), rng)
-    st = Stats({}, {}, {})
-    for a, ms in table.items():
-        st.point[a] = {m: float(v.mean()) for m, v in ms.items()}
-        st.boot[a] = {m: bootstrap_means(v, draws) if bootstrap else np.full(1, math.nan) for m, v in ms.items()}
-        st.seeds[a] = {m: v.mean(axis=1) for m, v in ms.items()}
-    return st
-
-
-class Stats(namedtuple('Stats', 'point boot seeds')):
-    """{arm: {metric: x}} three ways: point means, bootstrap resamples, per-replicate means."""
-
-    def figure(self, fn, metric, *arms):
-        """fn of the arms' means of one metric: its value, 95% CI and per-replicate values."""
-        pick = lambda d: [d[a][metric] for a in arms]
-        return derived(fn, pick(self.point), pick(self.boot), pick(self.seeds))
-
-
-def difference(d_control, d_arm):
-    return np.subtract(d_arm, d_control)
-
-
-def ratio_of(d_base, d_control, d_arm):
-    return collapse_ratio(collapse(d_base, d_control), collapse(d_base, d_arm))
-
-
-def collapse_table(st, metrics, notes):
-    """For every diversity metric: D per arm and collapse(m) = (D_base - D_m) / D_base per arm."""
-    if base_arm not in st.point:
-        notes.append(f"no collapse: base arm '{base_arm}' is not among the arms")
-        return {}
-    return {m: dict(values={a: st.point[a][m] for a in st.point},
-                    collapse={a: st.figure(collapse, m, base_arm, a) for a in st.point}) for m in metrics}
-
-
-def comparisons(st, metrics, anchored, controls):
-    """Every anchored arm against every control on every metric: the difference D_arm - D_control,
-    gap closed (D_arm - D_control) / (D_base - D_control) and the collapse ratio
-    collapse(control) / collapse(arm), each with its CI and per-replicate values."""
-    return {m: {a: {c: dict(diff=st.figure(difference, m, c, a), gap=st.figure(gap_closed, m, base_arm, c, a),
-                            ratio=st.figure(ratio_of, m, base_arm, c, a),
-                            control_collapse=st.figure(collapse, m, base_arm, c),
-                            arm_collapse=st.figure(collapse, m, base_arm, a)) for c in controls}
-                for a in anchored} for m in metrics}
-
-
-def narrowing(st):
-    """Topic narrowing = sft_share(arm) - sft_share(base): how far an arm's samples moved toward the
-    SFT set's own topics. Label entropy can miss it where the base model's topics are skewed (moving
-    mass toward the SFT topics can even them out); the share of the SFT topics cannot."""
-    return {a: st.figure(difference, 'sft_share', base_arm, a) for a in st.point
-            if a != base_arm and 'sft_share' in st.point[a] and 'sft_share' in st.point.get(base_arm, {})}
-
-
-def sweeps(arms):
-    """{arm: [(temperature, sampled arm name)]} of the arms sampled at several temperatures, which
-    are named '<arm>@t<temperature>' (study.py --temperatures), sorted by temperature."""
-    out = {}
-    for a in arms:
-        name, sep, t = a.partition('@t')
-        if sep and t.replace('.', '', 1).isdigit():
-            out.setdefault(name, []).append((float(t), a))
-    return {k: sorted(v) for k, v in out.items()}
-
-
-def interp_at(q, curve_q, curve_d):
-    """The diversity of a curve at quality q, linear between its points (sorted by quality); nan
-    outside them: a control is compared only where its own temperatures reach that quality."""
-    order = np.argsort(curve_q)
-    return float(np.interp(q, np.asarray(curve_q)[order], np.asarray(curve_d)[order], left=np.nan, right=np.nan))
-
-
-def matched_quality(st, metrics, anchored, controls):
-    """The temperature sweep read at matched quality (paper: anchored lies on a better
-    diversity-quality frontier): at each temperature of an anchored arm, its diversity minus the
-    control's at the same quality, interpolated along the control's own temperature curve; with CI
-    (per bootstrap resample: both curves resampled) and per-replicate values."""
-    sw = sweeps(st.point)
-    out = {}
-    for m in metrics:
-        for a in (a for a in anchored if a in sw):
-            for c in (c for c in controls if c in sw):
-                rows = []
-                for t, arm in sw[a]:
-                    def diff(view, i=None):
-                        at = (lambda x: x) if i is None else (lambda x: x[i])
-                        curve = [(at(view[ca]['quality']), at(view[ca][m])) for _, ca in sw[c]]
-                        return at(view[arm][m]) - interp_at(at(view[arm]['quality']), *zip(*curve))
-                    boot = [diff(st.boot, i) for i in range(len(st.boot[arm][m]))]
-                    reps = {len(st.seeds[x][m]) for x in [arm] + [ca for _, ca in sw[c]]}
-                    per = [diff(st.seeds, i) for i in range(reps.pop())] if len(reps) == 1 else None
-                    rows.append(dict(temperature=t, quality=st.point[arm]['quality'],
-                                     diff=dict(value=diff(st.point), ci=ci95(boot), seeds=per)))
-                out.setdefault(m, {}).setdefault(a, {})[c] = rows
-    return out
-
+# the headline
 
 def headline(comp, narrow, heads, anchored, controls):
     """The headline sentences: the first anchored arm against each control on each headline metric,
@@ -332,14 +229,12 @@ def corpus_reference(meta, heldout, words, cat_keys, rng):
 
 
 def check_config_values():
-    """Every config value, before any work: the headline metrics that can exist, the numbers, the
-    output dir. Returns the headline metrics asked for ('' = the paper's two)."""
+    """Every config value, before any work: the numbers and the device. Returns the headline
+    metrics asked for ('' = the paper's two)."""
     if bootstrap < 0 or not 0 < judge_test_frac < 1 or judge_max_docs < 2 or embed_batch_size < 1 or threads < 0:
         raise UserError("need bootstrap >= 0, 0 < judge_test_frac < 1, judge_max_docs >= 2, embed_batch_size >= 1 "
                         "and threads >= 0")
     check_device(device)
-    check_out_dir(out_dir, 'out_dir')
-    clean_stale_temps(out_dir, ('report.json', 'report.md', 'diversity_quality.png'))
     return split_list(headline_metrics)
 
 
@@ -395,6 +290,9 @@ def main():
         torch.set_num_threads(threads)
     data, paths = load_samples(samples)
     meta, heldout, words = load_data(data_dir)
+    # the output dir is made only once the inputs have loaded: a bad input leaves nothing behind
+    check_out_dir(out_dir, 'out_dir')
+    clean_stale_temps(out_dir, ('report.json', 'report.md', 'diversity_quality.png'))
     if embed_only:
         return embed_samples(data, meta)
     cat_keys = list(meta['categorical_keys'])
@@ -416,16 +314,16 @@ def main():
         heads = [h for h in heads if h in div_metrics] or ['dissimilarity']
     ref, prior = corpus_reference(meta, heldout, words, cat_keys, rng)
     table, arms, n_prompts = measure_arms(model, judges, ref, data, paths, prior)
-    st = summarize(table)
+    st = summarize(table, bootstrap, seed)
     for a in arms:
         arms[a]['metrics'] = {m: dict(mean=st.point[a][m], ci=ci95(st.boot[a][m]),
                                       seeds=[float(v) for v in st.seeds[a][m]]) for m in st.point[a]}
-    comp = comparisons(st, div_metrics, anchored, controls)
-    narrow = narrowing(st)
+    comp = comparisons(st, div_metrics, base_arm, anchored, controls)
+    narrow = narrowing(st, base_arm)
     frontier = matched_quality(st, heads, anchored, controls)
     hl = dict(metrics=heads, arm=anchored[0] if anchored else None, controls=controls, narrowing=narrow,
               sentences=headline(comp, narrow, heads, anchored, controls))
-    rep = dict(prompts=n_prompts, headline=hl, arms=arms, collapse=collapse_table(st, div_metrics, notes),
+    rep = dict(prompts=n_prompts, headline=hl, arms=arms, collapse=collapse_table(st, div_metrics, base_arm, notes),
                comparisons=comp, matched_quality=frontier, judge=judge_stats, prior=prior, cat_keys=ref['cat_keys'],
                sft_key=ref['sft_key'], sft_values=sorted(ref['sft_values']), notes=notes, environment=environment(),
                config=dict(config, anchored=anchored, controls=controls))

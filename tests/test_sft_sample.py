@@ -274,7 +274,7 @@ def test_distill_needs_an_annotated_prior(ckpts):
 def test_sft_refusals(tiny_data, ckpts, tmp_path):
     base = [f'--init_dir={ckpts / "base"}', f'--out_dir={tmp_path / "o"}', *SFT]
     one_error_line(run('anchor_sft.py', *base, '--method=magic', check=False),
-                   "method must be one of sft, anchor; got 'magic'")
+                   "method must be one of sft, anchored; got 'magic'")
     # a data dir whose tokenizer differs from the checkpoint's
     other = tmp_path / 'other'
     shutil.copytree(tiny_data, other)
@@ -403,9 +403,9 @@ def test_text_budget_is_the_same_with_or_without_annotation(tiny_data):
 def test_sample_refusals(ckpts, tmp_path):
     one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "sft"}', '--threads=-1', check=False), 'threads')
     one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "sft"}', '--no_annotation=True', check=False),
-                   'need an anchor checkpoint')
+                   'need an anchored checkpoint')
     one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "base"}', '--annotation=topic:Arts', check=False),
-                   'need an anchor checkpoint')
+                   'need an anchored checkpoint')
     long_prompt = tmp_path / 'long.jsonl'
     long_prompt.write_text(json.dumps({'prompt_id': 0, 'prompt': 'word ' * 400}) + '\n')
     one_error_line(run('sample.py', f'--ckpt_dir={ckpts / "sft"}', f'--prompts={long_prompt}', check=False),
