@@ -321,6 +321,32 @@ def should_stop(state, patience, min_delta, env):
     return bool(stop.item())
 
 
+def prepare_out_dir(out_dir, state, master):
+    """A fresh run removes another run's best.pt; a resumed one rewrites log.json from its checkpoint
+    (a kill between two writes can leave the log ahead of ckpt.pt)."""
+    if master and state['iter_num'] == 0 and os.path.exists(os.path.join(out_dir, 'best.pt')):
+        os.remove(os.path.join(out_dir, 'best.pt'))
+    if master and state['iter_num'] > 0:
+        write_json(os.path.join(out_dir, 'log.json'), state['history'])
+
+
+def log_step(bar, it, loss, lrm, dt, tokens, mfu):
+    bar.write(f"iter {it}: loss {loss:.4f}, lr x{lrm:.3f}, {dt * 1000:.0f} ms/iter, {tokens / dt:,.0f} tok/s"
+              + (f", mfu {mfu * 100:.1f}%" if mfu else ''))
+
+
+def eval_step(raw, evals, ctx, state, entry, bar, min_delta):
+    """Evaluate, record the losses in the log entry; whether the val loss improved by more than
+    min_delta (then it becomes the best)."""
+    losses = evaluate(raw, evals, ctx)
+    entry.update({f'{k}_loss': v for k, v in losses.items()})
+    bar.write(f"iter {entry['iter']}: " + ', '.join(f"{k} loss {v:.4f}" for k, v in losses.items()))
+    best = losses['val'] < state['best_val_loss'] - min_delta
+    if best:
+        state['best_val_loss'] = losses['val']
+    return best
+
+
 def train(model, optimizer, get_batch, evals, env, state, ckpt_extra, *, out_dir, max_iters, lr_at,
           eval_interval, log_interval=10, accum=1, grad_clip=1.0, seed=1337, dtype='auto', compile=False,
           peak_flops=0.0, progress=True, loss_fn=lm_loss, keep_best=False, patience=0, min_delta=0.0,
@@ -342,10 +368,7 @@ def train(model, optimizer, get_batch, evals, env, state, ckpt_extra, *, out_dir
     raw, model = model, wrap_model(model, env, compile)
     gen = torch.Generator().manual_seed(seed)
     restore_rng(state, gen, env['device_type'])
-    if master and state['iter_num'] == 0 and os.path.exists(os.path.join(out_dir, 'best.pt')):
-        os.remove(os.path.join(out_dir, 'best.pt'))  # a fresh run: another run's best is not ours
-    if master and state['iter_num'] > 0:
-        write_json(os.path.join(out_dir, 'log.json'), state['history'])  # the log of the checkpoint we resume
+    prepare_out_dir(out_dir, state, master)
     model.train()
     it = state['iter_num']
     bar = tqdm(total=max_iters, initial=it, disable=not master or not progress, desc=desc, dynamic_ncols=True)
@@ -361,23 +384,14 @@ def train(model, optimizer, get_batch, evals, env, state, ckpt_extra, *, out_dir
         bar.update(1)
         is_eval = it % eval_interval == 0 or it == max_iters
         if master:
-            loss_val = loss.item()  # a sync point: dt below is a real step time
-            dt = time.time() - t0
+            loss_val, dt = loss.item(), time.time() - t0  # .item() syncs: dt is a real step time
             state['train_time'] += dt
             entry = {'iter': it, 'loss': loss_val, 'lr_mult': lrm, 'time': round(state['train_time'], 3)}
             bar.set_postfix(loss=f"{loss_val:.3f}")
             if it % log_interval == 0 or it == max_iters:
-                mfu = raw.estimate_mfu(tokens_per_iter, dt, peak_flops) if peak_flops else None
-                bar.write(f"iter {it}: loss {loss_val:.4f}, lr x{lrm:.3f}, {dt * 1000:.0f} ms/iter, "
-                          f"{tokens_per_iter / dt:,.0f} tok/s" + (f", mfu {mfu * 100:.1f}%" if mfu else ''))
-            best = False
-            if is_eval:
-                losses = evaluate(raw, evals, ctx)
-                entry.update({f'{k}_loss': v for k, v in losses.items()})
-                bar.write(f"iter {it}: " + ', '.join(f"{k} loss {v:.4f}" for k, v in losses.items()))
-                best = losses['val'] < state['best_val_loss'] - min_delta
-                if best:
-                    state['best_val_loss'] = losses['val']
+                log_step(bar, it, loss_val, lrm, dt, tokens_per_iter,
+                         raw.estimate_mfu(tokens_per_iter, dt, peak_flops) if peak_flops else None)
+            best = is_eval and eval_step(raw, evals, ctx, state, entry, bar, min_delta)
             state['history'].append(entry)
             if is_eval:
                 save_run(out_dir, raw, optimizer, state, gen, ckpt_extra, env['device_type'], best and keep_best)
