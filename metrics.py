@@ -17,7 +17,7 @@ fluency (share of words the corpus knows), sft_share, valid annotation values, p
 """
 import gzip
 import math
-from collections import Counter
+from collections import Counter, namedtuple
 
 import numpy as np
 
@@ -187,3 +187,112 @@ def prompt_metrics(rows, emb, judged, ref, annotated):
             if k in judged:  # does the text follow its annotation?
                 m[f'fidelity_{k}'] = np.mean([j == v for j, v in zip(judged[k], vals)])
     return {k: float(v) for k, v in m.items()}
+
+
+# -----------------------------------------------------------------------------
+# the report's statistics: every arm's means over replicates with their bootstrap resamples, and
+# the figures computed from them (collapse, the comparisons with the controls, topic narrowing, the
+# temperature sweep at matched quality)
+
+def summarize(table, bootstrap, seed):
+    """table: {arm: {metric: (R, P) array}} -> Stats of every arm and metric: the mean over replicates
+    and prompts, its `bootstrap` resamples (replicates, then prompts within each; paired across arms;
+    0: no CIs), and the mean of every replicate."""
+    rng = np.random.default_rng(seed)
+    shapes = [next(iter(ms.values())).shape for ms in table.values()]
+    draws = bootstrap_draws([r for r, _ in shapes], shapes[0][1], max(bootstrap, 1), rng)
+    st = Stats({}, {}, {})
+    for a, ms in table.items():
+        st.point[a] = {m: float(v.mean()) for m, v in ms.items()}
+        st.boot[a] = {m: bootstrap_means(v, draws) if bootstrap else np.full(1, math.nan) for m, v in ms.items()}
+        st.seeds[a] = {m: v.mean(axis=1) for m, v in ms.items()}
+    return st
+
+
+class Stats(namedtuple('Stats', 'point boot seeds')):
+    """{arm: {metric: x}} three ways: point means, bootstrap resamples, per-replicate means."""
+
+    def figure(self, fn, metric, *arms):
+        """fn of the arms' means of one metric: its value, 95% CI and per-replicate values."""
+        pick = lambda d: [d[a][metric] for a in arms]
+        return derived(fn, pick(self.point), pick(self.boot), pick(self.seeds))
+
+
+def difference(d_control, d_arm):
+    return np.subtract(d_arm, d_control)
+
+
+def ratio_of(d_base, d_control, d_arm):
+    return collapse_ratio(collapse(d_base, d_control), collapse(d_base, d_arm))
+
+
+def collapse_table(st, metrics, base_arm, notes):
+    """For every diversity metric: D per arm and collapse(m) = (D_base - D_m) / D_base per arm."""
+    if base_arm not in st.point:
+        notes.append(f"no collapse: base arm '{base_arm}' is not among the arms")
+        return {}
+    return {m: dict(values={a: st.point[a][m] for a in st.point},
+                    collapse={a: st.figure(collapse, m, base_arm, a) for a in st.point}) for m in metrics}
+
+
+def comparisons(st, metrics, base_arm, anchored, controls):
+    """Every anchored arm against every control on every metric: the difference D_arm - D_control,
+    gap closed (D_arm - D_control) / (D_base - D_control) and the collapse ratio
+    collapse(control) / collapse(arm), each with its CI and per-replicate values."""
+    return {m: {a: {c: dict(diff=st.figure(difference, m, c, a), gap=st.figure(gap_closed, m, base_arm, c, a),
+                            ratio=st.figure(ratio_of, m, base_arm, c, a),
+                            control_collapse=st.figure(collapse, m, base_arm, c),
+                            arm_collapse=st.figure(collapse, m, base_arm, a)) for c in controls}
+                for a in anchored} for m in metrics}
+
+
+def narrowing(st, base_arm):
+    """Topic narrowing = sft_share(arm) - sft_share(base): how far an arm's samples moved toward the
+    SFT set's own topics. Label entropy can miss it where the base model's topics are skewed (moving
+    mass toward the SFT topics can even them out); the share of the SFT topics cannot."""
+    return {a: st.figure(difference, 'sft_share', base_arm, a) for a in st.point
+            if a != base_arm and 'sft_share' in st.point[a] and 'sft_share' in st.point.get(base_arm, {})}
+
+
+def sweeps(arms):
+    """{arm: [(temperature, sampled arm name)]} of the arms sampled at several temperatures, which
+    are named '<arm>@t<temperature>' (study.py --temperatures), sorted by temperature."""
+    out = {}
+    for a in arms:
+        name, sep, t = a.partition('@t')
+        if sep and t.replace('.', '', 1).isdigit():
+            out.setdefault(name, []).append((float(t), a))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def interp_at(q, curve_q, curve_d):
+    """The diversity of a curve at quality q, linear between its points (sorted by quality); nan
+    outside them: a control is compared only where its own temperatures reach that quality."""
+    order = np.argsort(curve_q)
+    return float(np.interp(q, np.asarray(curve_q)[order], np.asarray(curve_d)[order], left=np.nan, right=np.nan))
+
+
+def matched_diff(view, i, arm, curve, metric):
+    """D(arm) minus the curve's D at arm's quality, in one view of the stats (point, a bootstrap
+    resample i, a replicate i)."""
+    at = (lambda x: x) if i is None else (lambda x: x[i])
+    q, d = zip(*[(at(view[c]['quality']), at(view[c][metric])) for c in curve])
+    return at(view[arm][metric]) - interp_at(at(view[arm]['quality']), q, d)
+
+
+def matched_quality(st, metrics, anchored, controls):
+    """The temperature sweep read at matched quality (paper: anchored lies on a better
+    diversity-quality frontier): at each temperature of an anchored arm, its diversity minus the
+    control's at the same quality, interpolated along the control's own temperature curve; with CI
+    (per bootstrap resample: both curves resampled) and per-replicate values."""
+    sw, out = sweeps(st.point), {}
+    for m, a, c in ((m, a, c) for m in metrics for a in anchored if a in sw for c in controls if c in sw):
+        curve, rows = [arm for _, arm in sw[c]], []
+        for t, arm in sw[a]:
+            boot = [matched_diff(st.boot, i, arm, curve, m) for i in range(len(st.boot[arm][m]))]
+            reps = {len(st.seeds[x][m]) for x in [arm] + curve}
+            per = [matched_diff(st.seeds, i, arm, curve, m) for i in range(reps.pop())] if len(reps) == 1 else None
+            rows.append(dict(temperature=t, quality=st.point[arm]['quality'],
+                             diff=dict(value=matched_diff(st.point, None, arm, curve, m), ci=ci95(boot), seeds=per)))
+        out.setdefault(m, {}).setdefault(a, {})[c] = rows
+    return out

@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from common import atomic_write
+from metrics import sweeps
 
 
 def fmt(x, nd=3):
@@ -84,25 +85,23 @@ def plot_png(points, metric):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    sweeps, colors = {}, {}
+    sw = sweeps(points)
+    swept = {a for line in sw.values() for _, a in line}
+    colors = {}
+    for arm in list(points) + list(sw):  # a sweep shares its arm's color
+        colors.setdefault(arm, f'C{len(colors) % 10}')
     for arm, (x, y) in points.items():
-        name, sep, t = arm.partition('@t')
-        is_sweep = sep and t.replace('.', '', 1).isdigit()
-        c = colors.setdefault(name if is_sweep else arm, f'C{len(colors) % 10}')  # a sweep shares its arm's color
-        if is_sweep:
-            sweeps.setdefault(name, []).append((float(t), x, y))
-            continue
-        ax.scatter([x], [y], color=c)
-        ax.annotate(arm, (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
-    for name, pts in sweeps.items():
-        pts.sort()
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker='o', color=colors[name],
-                label=f'{name} (temperature sweep)')
-        for t, x, y in pts:
+        if arm not in swept:
+            ax.scatter([x], [y], color=colors[arm])
+            ax.annotate(arm, (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+    for name, line in sw.items():
+        xs, ys = [points[a][0] for _, a in line], [points[a][1] for _, a in line]
+        ax.plot(xs, ys, marker='o', color=colors[name], label=f'{name} (temperature sweep)')
+        for (t, _), x, y in zip(line, xs, ys):
             ax.annotate(f'{name} t={t:g}', (x, y), textcoords='offset points', xytext=(4, -10), fontsize=7)
     ax.set_xlabel('quality (fraction in format and finished)')
     ax.set_ylabel(f'{metric} (higher = more diverse)')
-    if sweeps:
+    if sw:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
