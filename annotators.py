@@ -460,7 +460,7 @@ def wiki_sample(seed, eval_split, eval_docs, fit_docs, max_sentences):
     shuffled with seed; 'tune' = the first eval_docs, 'report' = the next eval_docs (disjoint, so a
     label list tuned on one is reported on the other), the fit sample = the fit_docs after both."""
     import random
-    from annotate import first_sentences, wiki_path
+    from corpus import first_sentences, wiki_path
     with open(wiki_path()) as f:
         rows = [r for r in json.load(f).values() if r['topic'] != 'Uncategorized' and (r['extract'] or '').strip()]
     random.Random(seed).shuffle(rows)
