@@ -16,7 +16,8 @@ as the corpus), and every pass over them (chunking, annotating, tokenizing) is a
 map in num_proc processes, so memory does not grow with the corpus. Held in memory are a batch at a
 time, the split's index arrays (8 bytes a document), the small SFT and held-out sets, and bounded
 samples: the keywords annotator is fitted on annotator_docs documents, the BPE and words.txt learn
-from tokenizer_docs documents. bench_annotate.py measures it.
+from tokenizer_docs documents. bench_annotate.py measures it. Reading the corpus lives in corpus.py,
+the tokenizer and the token streams in streams.py, the text annotators in annotators.py.
 """
 import itertools
 import os
@@ -25,17 +26,16 @@ import re
 import time
 from collections import Counter
 
-import datasets
 import numpy as np
 
 from annotators import DEFAULTS as ANNOTATOR_DEFAULTS
 from annotators import KINDS, make_annotator, settings
 from corpus import (check_text_column, column_items, first_sentences, load_corpus, map_blocks, record_batches,
                     split_rows)
-from common import (UserError, atomic_write, check_config, check_out_dir, clean_stale_temps, main_guard,
-                    split_list, write_json, write_jsonl, write_text)
-from formats import (SPECIALS, DEFAULT_PATTERN, WORD, annotation_pieces, encode_annotation, fingerprint,
-                     format_annotation, load_tokenizer, parse_annotation, pretrain_doc, save_tokenizer)
+from common import (UserError, check_config, check_out_dir, clean_stale_temps, main_guard, split_list, write_json,
+                    write_jsonl, write_text)
+from formats import SPECIALS, fingerprint, format_annotation, parse_annotation, save_tokenizer
+from streams import learn_vocabulary, write_streams
 
 # -----------------------------------------------------------------------------
 # default config
@@ -346,98 +346,6 @@ def split_docs(docs, sft_counts):
 
 
 # -----------------------------------------------------------------------------
-# tokenizer and token streams
-
-def train_tokenizer(texts):
-    """(mergeable ranks, pattern, first free id for the specials)."""
-    if tokenizer == 'gpt2':
-        import tiktoken
-        try:
-            base = tiktoken.get_encoding('gpt2')
-        except Exception as e:
-            raise UserError(f"could not load tiktoken's gpt2 (needs a download): {type(e).__name__}")
-        # specials from 50257: <|endoftext|> (50256) stays unused, so GPT-2's own ids keep their meaning
-        return sorted(base._mergeable_ranks.items(), key=lambda kv: kv[1]), base._pat_str, base.n_vocab
-    import rustbpe
-    tok = rustbpe.Tokenizer()
-    tok.train_from_iterator(iter(texts), vocab_size - len(SPECIALS), pattern=DEFAULT_PATTERN)
-    ranks = sorted(((bytes(b), r) for b, r in tok.get_mergeable_ranks()), key=lambda kv: kv[1])
-    return ranks, tok.get_pattern(), ranks[-1][1] + 1  # on a tiny corpus rustbpe may learn fewer merges
-
-
-def learn_vocabulary(docs, train):
-    """The tokenizer and the pretraining words (words.txt), from a seeded sample of at most
-    tokenizer_docs pretraining documents. The BPE reads their texts and then the annotations it will
-    have to write, in the pieces that formats.encode_annotation encodes them in."""
-    sample = seeded_sample(train, 'tokenizer_docs')
-    print(f"tokenizer ({tokenizer}) on {len(sample)} documents ...")
-    texts = lambda: column_items(split_rows(docs, sample, ['chunks']), 'chunks')
-    ranks, pattern, n_ranks = train_tokenizer(itertools.chain(texts(), (
-        piece for z in column_items(split_rows(docs, sample, ['annotations']), 'annotations')
-        for piece, _ in annotation_pieces(z))))
-    words = sorted({w.lower() for c in texts() for w in WORD.findall(c)})
-    return ranks, pattern, n_ranks, words
-
-
-_encodings = {}  # per worker process: tiktoken Encodings are built once, not pickled
-
-
-def tokenize_batch(batch, data_dir, tok_meta):
-    """datasets.map function (batched): the plain and the annotated pretraining sequence of every
-    document, its annotation tokens (all, and the longest annotation) and its text's UTF-8 bytes."""
-    key = (data_dir, tok_meta['fingerprint'])
-    if key not in _encodings:
-        _encodings[key] = load_tokenizer(data_dir, tok_meta)
-    enc, sp = _encodings[key], tok_meta['special_tokens']
-    out = {'plain': [], 'annotated': [], 'n_ann': [], 'max_ann': [], 'n_bytes': []}
-    for chunks, zs in zip(batch['chunks'], batch['annotations']):
-        n_ann = [len(encode_annotation(enc, z)[0]) + 2 for z in zs]  # + <|ann|> <|text|>
-        out['plain'].append(np.array(pretrain_doc(enc, sp, chunks), dtype=np.uint16))
-        out['annotated'].append(np.array(pretrain_doc(enc, sp, chunks, zs), dtype=np.uint16))
-        out['n_ann'].append(sum(n_ann))
-        out['max_ann'].append(max(n_ann))
-        out['n_bytes'].append(len('\n\n'.join(chunks).encode()))
-    return out
-
-
-def write_stream(path, batches, column):
-    """Concatenated uint16 token ids, written batch by batch to a temp file, then renamed; the count."""
-    n = 0
-    def write(f):
-        nonlocal n
-        for batch in batches:
-            ids = batch.column(column).flatten().to_numpy()
-            ids.tofile(f)
-            n += len(ids)
-    atomic_write(path, write, mode='wb')
-    return n
-
-
-def write_streams(docs, splits, data_dir, tok_meta):
-    """The four token streams, tokenized in parallel; uint16 like nanoGPT. Their statistics and the
-    longest annotation in tokens (of every split)."""
-    datasets.enable_progress_bars()  # every input check has passed: a bar can no longer bury an error
-    features = datasets.Features({'plain': datasets.List(datasets.Value('uint16')),
-                                  'annotated': datasets.List(datasets.Value('uint16')),
-                                  'n_ann': datasets.Value('int64'), 'max_ann': datasets.Value('int64'),
-                                  'n_bytes': datasets.Value('int64')})
-    tok = blocks(docs, tokenize_batch, fn_kwargs={'data_dir': data_dir, 'tok_meta': tok_meta},
-                     remove_columns=docs.column_names, features=features, desc="tokenizing")
-    stats, total = {}, Counter()
-    for split in ('train', 'val'):
-        for kind in ('plain', 'annotated'):
-            stats[f"tokens_{kind}_{split}"] = write_stream(os.path.join(data_dir, f"{kind}_{split}.bin"),
-                                                           split_rows(tok, splits[split], [kind]), kind)
-        for batch in split_rows(tok, splits[split], ['n_ann', 'n_bytes']):
-            total['n_ann'] += int(batch.column('n_ann').to_numpy().sum())
-            total[f'n_bytes_{split}'] += int(batch.column('n_bytes').to_numpy().sum())
-    stats['bytes_per_token'] = round(total['n_bytes_val'] / (stats['tokens_plain_val'] - len(splits['val'])), 3)
-    stats['annotation_fraction'] = round(
-        total['n_ann'] / (stats['tokens_annotated_train'] + stats['tokens_annotated_val']), 4)
-    return stats, max(int(b.column('max_ann').to_numpy().max(initial=0)) for b in record_batches(tok, ['max_ann']))
-
-
-# -----------------------------------------------------------------------------
 # the small outputs: SFT rows, eval prompts, judge references
 
 def first_chunks(docs, rows):
@@ -554,11 +462,12 @@ def main():
     data_dir = os.path.join(data_root, out_name)
     check_out_dir(data_root, 'data_root')
     docs, splits, ann, files = load_docs()
-    ranks, pattern, n_ranks, words = learn_vocabulary(docs, splits['train'])
+    ranks, pattern, n_ranks, words = learn_vocabulary(docs, seeded_sample(splits['train'], 'tokenizer_docs'),
+                                                      tokenizer, vocab_size)
 
     tok_meta = prepare_dir(data_dir, ranks, pattern, n_ranks, ann['keys'])
     stats = {'docs': {k: len(v) for k, v in splits.items()}, 'chunks': ann['chunks']}
-    stream_stats, max_ann = write_streams(docs, splits, data_dir, tok_meta)
+    stream_stats, max_ann = write_streams(docs, splits, data_dir, tok_meta, blocks)
     stats.update(stream_stats)
     write_sets(docs, splits, data_dir)
     # the words a model saw in pretraining: a sample whose words are not among them is not fluent
