@@ -6,11 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variants=(
-  # the learning rate (config/small.py: sft 0.2; arms that replay 0.3)
+  # the learning rate (config/small.py: sft 0.2; arms that replay 0.4)
   "sft-lr0.1:--method=sft --replay_rows=0 --sft_lr_frac=0.1"
-  "sft-lr0.3:--method=sft --replay_rows=0 --sft_lr_frac=0.3"
-  "sft-replay-lr0.2:--method=sft --replay_lr_frac=0.2"
-  "anchored-lr0.2:--method=anchored --replay_lr_frac=0.2"
+  "sft-lr0.4:--method=sft --replay_rows=0 --sft_lr_frac=0.4"
+  "sft-replay-lr0.3:--method=sft --replay_lr_frac=0.3"
+  "anchored-lr0.3:--method=anchored --replay_lr_frac=0.3"
   # replay: none and 2 whole documents per batch of 16 rows (config/small.py: 4); raw stream windows
   "anchored-r0:--method=anchored --replay_rows=0"
   "anchored-r2:--method=anchored --replay_rows=2"
