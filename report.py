@@ -327,6 +327,17 @@ def scaling_section(reps, params, report_dir):
 RUN_HEADER = '## How this study ran'
 
 
+def replication_note(pretrain_seeds):
+    """What another machine's run of this study is expected to give: with one pretrained pair every
+    seed shares it, and the CIs do not hold the variance of pretraining."""
+    if pretrain_seeds == 1:
+        return ("Every seed here post-trains the same pretrained pair, so the CIs hold post-training and "
+                "sampling, not pretraining: another machine trains another pair and can land outside them "
+                "(runs/seeds.sh repeats pretraining too).")
+    return (f"The replicates come from {pretrain_seeds} pretrained pairs, so the CIs hold the variance of "
+            "pretraining too: another machine's run is expected inside them, not at the same digits.")
+
+
 def run_section(run):
     """How the study ran: its config, seeds, parallelism, the machine and the stage times."""
     env = run['environment']
@@ -338,6 +349,6 @@ def run_section(run):
         f"torch thread(s) each, {run['nproc']} process(es) per training stage; training in {run['train_dtype']} "
         "(dtype 'auto': bf16 where the machine multiplies bf16 natively).",
         f"Machine: {env['gpu'] or env['cpu']}, {env['cores']} cores, torch {env['torch']}, Python {env['python']}, "
-        f"{env['platform']}. Training on a CPU repeats exactly on one machine, not across machines: another "
-        "machine's run is expected inside the CIs above, not at the same digits.",
+        f"{env['platform']}. Training on a CPU repeats exactly on one machine, not across machines. "
+        + replication_note(run['pretrain_seeds']),
         f"Wall time of this invocation: {run['wall_seconds']} s; stages run: {times}.", ''])
