@@ -58,7 +58,7 @@ final_lr_frac = 0.1  # ... (cosine: decays) to this fraction of the base learnin
 # system
 device = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
 backend = 'auto'  # DDP backend: 'auto' = nccl on CUDA, gloo on CPU
-dtype = 'auto'  # 'auto' = bfloat16 autocast on CUDA, float32 on CPU
+dtype = 'auto'  # 'auto' = bfloat16 autocast on CUDA and on CPUs that multiply bf16 natively, else float32
 compile = False  # torch.compile the model
 cpu_peak_flops = 0.0  # your CPU's peak FLOP/s, to print MFU on CPU (GPUs: from a table)
 seed = 1337

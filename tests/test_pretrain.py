@@ -40,14 +40,20 @@ def test_ddp_two_ranks_match_one_rank_with_double_accumulation(tiny_data, tmp_pa
               '--gradient_accumulation_steps=4', *TINY_MODEL]
     run('pretrain.py', *common, f'--out_dir={tmp_path / "one"}')
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                        os.path.join(ROOT, 'pretrain.py'), *common, f'--out_dir={tmp_path / "two"}'],
-                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    for attempt in ('two', 'two-again'):
+        r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                            os.path.join(ROOT, 'pretrain.py'), *common, f'--out_dir={tmp_path / attempt}'],
+                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+        # Once in several suite runs on a loaded 2-core machine, a gloo rank has aborted in C++
+        # ("terminate called without an active exception", SIGABRT) with no Python error: one retry
+        # for that signature alone; any other failure, or the same one twice, fails the test.
+        if not (r.returncode != 0 and 'terminate called without an active exception' in r.stderr):
+            break
     assert r.returncode == 0, r.stderr
     assert 'x2' in r.stdout  # really two ranks (gloo)
     # Muon (the default) on both: each rank orthogonalizes the all-reduced gradient, the same matrix
-    assert torch.load(tmp_path / 'two' / 'ckpt.pt', weights_only=False)['config']['optimizer'] == 'muon'
-    one, two = losses(tmp_path / 'one'), losses(tmp_path / 'two')
+    assert torch.load(tmp_path / attempt / 'ckpt.pt', weights_only=False)['config']['optimizer'] == 'muon'
+    one, two = losses(tmp_path / 'one'), losses(tmp_path / attempt)
     assert len(one) == len(two) == 4
     assert one == pytest.approx(two, rel=1e-4, abs=1e-5)
 
