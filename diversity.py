@@ -238,10 +238,16 @@ def check_config_values():
     return split_list(headline_metrics)
 
 
+def sample_embeddings(model, rows, opening):
+    """The embeddings of a samples file's contents (the format's opening line dropped), through the
+    cache: the embed_only stages and the report must embed the very same texts to share it."""
+    return cached_embeddings(model, [content(r['text'], opening) for r in rows], 'samples')
+
+
 def replicate_metrics(model, judges, ref, rows, pids):
     """One samples file: {metric: (P,) per-prompt values}, the judge's labels of every sample and
     the most common number of samples per prompt."""
-    emb = cached_embeddings(model, [content(r['text'], ref['opening']) for r in rows], 'samples')
+    emb = sample_embeddings(model, rows, ref['opening'])
     labels = {k: clf.predict(emb) for k, clf in judges.items()}
     annotated = any((r['annotation'] or '').strip() for r in rows)
     by_prompt = {}
@@ -279,7 +285,7 @@ def embed_samples(data, meta):
     model = load_embedder(embedder, device)
     for reps in data.values():
         for rows in reps:
-            cached_embeddings(model, [content(r['text'], meta['assistant_opening'] or '') for r in rows], 'samples')
+            sample_embeddings(model, rows, meta['assistant_opening'] or '')
     print(f"embedded {sum(map(len, data.values()))} samples files into {out_dir}/cache")
 
 
