@@ -235,11 +235,10 @@ def prior_distill_loss(teacher, weight):
     """loss_fn for the training loop: the SFT loss plus weight * the prior-distillation KL."""
     def loss_fn(model, batch):
         x, y, t_in, s_pos, mask = batch
-        logits, loss = model(x, y)
+        # the SFT rows come first; replay rows (if any) follow and have no annotation to distill
+        s_logits, loss = model(x, y, targets_only=True, logits_at=s_pos)
         with torch.no_grad():
             t_logits = teacher(t_in, all_logits=True)[0][:, 1:]
-        # the SFT rows come first; replay rows (if any) follow and have no annotation to distill
-        s_logits = logits[:len(s_pos)].gather(1, s_pos[..., None].expand(-1, -1, logits.size(-1)))
         return loss + weight * distill_kl(s_logits, t_logits, mask)
     return loss_fn
 
@@ -352,7 +351,7 @@ def main():
           out_dir=out_dir, max_iters=sft_iters, lr_at=lr_at, eval_interval=sft_eval_interval,
           log_interval=log_interval, accum=gradient_accumulation_steps, grad_clip=grad_clip, seed=seed, dtype=dtype,
           compile=sft_compile, peak_flops=peak_flops(env['device_type'], cpu_peak_flops), progress=progress,
-          loss_fn=prior_distill_loss(teacher, distill_weight) if distill else lm_loss,
+          loss_fn=prior_distill_loss(teacher, distill_weight) if distill else partial(lm_loss, targets_only=True),
           keep_best=sft_patience > 0, patience=sft_patience, min_delta=sft_min_delta, desc=f'{method} SFT')
     if env['ddp']:
         torch.distributed.destroy_process_group()

@@ -6,6 +6,7 @@ noisy machine keeps ratios, not absolute times).
     python bench.py config/gpt2_small.py --compile=True     # on a GPU: bf16, fused AdamW, flash SDPA
     python bench.py config/small.py --what=sample           # batched KV-cache sampling vs naive loop
     python bench.py config/small.py --what=quality          # val loss per second: new vs old recipe
+    python bench.py config/small.py --what=sft --threads=1  # SFT step: the head at the targets only vs everywhere
     python bench_annotate.py                                # annotate.py at corpus scale (its own script)
 
 what='train': forward, backward and optimizer step on random tokens, for the config's recipe and
@@ -13,6 +14,8 @@ optimizer and for the old one (gpt2 + AdamW) at the same shape; warm-up steps ar
 what='sample': tokens/s of generating `new_tokens` for `sample_batch` sequences at once with the KV
 cache, against the naive loop that re-runs the whole context for every token, one sequence at a
 time; same model, same length, one run.
+what='sft': SFT steps on the real SFT rows of data_dir, batched as anchor_sft.py batches each arm, with
+the language-model head at every position against only at the positions with a target.
 what='quality': runs pretrain.py twice on the config's plain stream, same data and seed: nanoGPT's
 GPT-2 recipe with AdamW and a cosine schedule at the laptop size (OLD_RECIPE below) and the
 config's own; prints the val loss of each at equal training seconds and the seconds each needs to
@@ -29,11 +32,12 @@ import numpy as np
 import torch
 
 from common import UserError, check_config, check_device, main_guard
+from formats import IGNORE, load_meta
 from model import GPT, GPTConfig
-from training import DTYPES, autocast, check_model_config, peak_flops, resolve_dtype, setup_device
+from training import DTYPES, autocast, check_model_config, padded_vocab, peak_flops, resolve_dtype, setup_device
 
 # -----------------------------------------------------------------------------
-what = 'train'  # 'train', 'sample' or 'quality' (see above)
+what = 'train'  # 'train', 'sample', 'quality' or 'sft' (see above)
 batch_size = 16
 block_size = 256
 vocab_size = 4096
@@ -101,6 +105,49 @@ def bench_train(model, env, opt_kind):
           f"batch {batch_size}x{block_size}: {dt * 1000:.1f} ms/iter, "
           f"{tokens / dt:,.0f} tokens/s, {achieved / 1e9:,.1f} GFLOP/s, MFU {mfu}")
     return tokens / dt
+
+
+def bench_sft(make, env, configs):
+    """SFT steps on the real SFT rows of data_dir, batched as anchor_sft.py batches them with the SFT
+    keys of the config files (sft: the rows alone; sft-replay: + replayed plain documents; anchored:
+    annotated rows + replayed annotated documents): the head at every position against the head only
+    at the targets (model.py's targets_only), the same batches, alternated, best of 2."""
+    import anchor_sft
+    if not os.path.isfile(os.path.join(data_dir, 'meta.json')):
+        raise UserError(f"no annotate.py output in {data_dir}: run python annotate.py {' '.join(configs)} first")
+    configure(vars(anchor_sft), configs)  # a module keeps its defaults until told: the SFT keys of these files
+    meta = load_meta(data_dir)
+    ctx = autocast(env['device_type'], dtype)
+    n_replay = anchor_sft.replay_rows
+    arms = (('sft', 'sft', 0), ('sft-replay', 'sft', n_replay), ('anchored', 'anchored', n_replay))
+    for arm, method, replay_rows in arms:
+        anchor_sft.method, anchor_sft.replay_rows = method, replay_rows
+        rows, _, replay = anchor_sft.load_sft_data(data_dir, meta, block_size)
+        get_batch = anchor_sft.make_get_batch(rows['train'], env['device'], meta['special_tokens'], replay=replay,
+                                              annotated=method == 'anchored')
+        gen = torch.Generator().manual_seed(seed)
+        batches = [get_batch('train', gen, [0])[0] for _ in range(warmup_steps + steps)]
+        share = sum(float((b[1] != IGNORE).float().mean()) for b in batches) / len(batches)
+        best = {}
+        for _ in range(2):  # alternate, keep each one's best: a shared machine only ever slows a run down
+            for targets_only in (False, True):
+                torch.manual_seed(seed)
+                model = make(recipe, padded_vocab(meta))
+                opt = model.configure_optimizers(optimizer, 1e-4, 1e-3, 0.1, (0.9, 0.95), env['device_type'])
+                for i, (x, y) in enumerate(batches):
+                    if i == warmup_steps:
+                        sync(env['device_type'])
+                        t0 = time.time()
+                    with ctx:
+                        loss = model(x, y, targets_only=targets_only)[1]
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                sync(env['device_type'])
+                best[targets_only] = min(best.get(targets_only, float('inf')), (time.time() - t0) / steps)
+        print(f"SFT step, {arm} ({len(batches[0][0])} rows a batch, {share:.0%} of the positions targets): "
+              f"head everywhere {best[False] * 1000:.0f} ms, at the targets only "
+              f"{best[True] * 1000:.0f} ms: {best[False] / best[True]:.2f}x")
 
 
 def bench_sample(model, env):
@@ -184,7 +231,7 @@ def main():
     check_model_config(config)
     check_config(config, positive=('batch_size', 'vocab_size', 'steps', 'sample_batch', 'new_tokens', 'prompt_tokens',
                                    'quality_eval_interval'), nonneg=('warmup_steps', 'cpu_peak_flops', 'threads'),
-                 choices=dict(what=('train', 'sample', 'quality'), optimizer=('muon', 'adamw'), dtype=DTYPES))
+                 choices=dict(what=('train', 'sample', 'quality', 'sft'), optimizer=('muon', 'adamw'), dtype=DTYPES))
     check_device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -194,9 +241,11 @@ def main():
         return bench_quality([a for a in sys.argv[1:] if not a.startswith('--')])
     if what == 'sample' and prompt_tokens + new_tokens > block_size:
         raise UserError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds block_size={block_size}")
-    make = lambda r: GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                                   vocab_size=vocab_size, recipe=r, tie_embeddings=tie_embeddings,
-                                   dropout=dropout)).to(env['device'])
+    make = lambda r, vocab=vocab_size: GPT(GPTConfig(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab, recipe=r,
+        tie_embeddings=tie_embeddings, dropout=dropout)).to(env['device'])
+    if what == 'sft':
+        return bench_sft(make, env, [a for a in sys.argv[1:] if not a.startswith('--')])
     if what == 'sample':
         return bench_sample(make(recipe), env)
     new, old = (recipe, optimizer), ('gpt2', 'adamw')

@@ -237,12 +237,14 @@ class GPT(nn.Module):
                 n -= self.transformer.wte.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, cache=None, all_logits=False, pad=None):
+    def forward(self, idx, targets=None, cache=None, all_logits=False, pad=None, targets_only=False, logits_at=None):
         """Logits for idx (B, T). With targets: the logits of every position and the mean loss over
         targets != IGNORE (formats.py: the targets the loss skips). Without: only the last position's
         logits (inference), unless all_logits. With a cache: idx continues the cached positions.
         pad (B,): rows are left-padded by that many tokens (prompts of different lengths in one
-        batch): each row keeps its own positions and never attends to its padding."""
+        batch): each row keeps its own positions and never attends to its padding.
+        targets_only (with targets): the head runs only at the positions with a target, and the
+        logits returned are those at logits_at (B', P), positions in the first B' rows (None: none)."""
         B, T = idx.size()
         start = 0 if cache is None else cache.pos
         if start + T > self.config.block_size:
@@ -261,6 +263,17 @@ class GPT(nn.Module):
             cache.pos += T
         if targets is None:  # inference: only the last position is needed
             return self.lm_head(x if all_logits else x[:, [-1], :]), None
+        if targets_only:
+            # post-training: an SFT batch is mostly prompt, masked annotation and padding, and at this
+            # size the head is a third of a position's FLOPs (bench.py --what=sft: 1.15-1.19x a step).
+            # Not in pretraining, where every position is a target and a data-dependent shape would
+            # break torch.compile's graph.
+            keep = targets != IGNORE
+            loss = F.cross_entropy(self.lm_head(x[keep]).float(), targets[keep])
+            if logits_at is None:
+                return None, loss
+            h = x[:logits_at.size(0)].gather(1, logits_at[..., None].expand(-1, -1, x.size(-1)))
+            return self.lm_head(h), loss
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
                                ignore_index=IGNORE)

@@ -208,9 +208,10 @@ def padded_vocab(meta):
 # -----------------------------------------------------------------------------
 # the loop
 
-def lm_loss(model, batch):
-    """The plain language-model loss of a batch (x, y, ...): what pretraining and SFT minimize."""
-    return model(batch[0], batch[1])[1]
+def lm_loss(model, batch, targets_only=False):
+    """The plain language-model loss of a batch (x, y, ...): what pretraining and SFT minimize
+    (SFT: targets_only, the head run only where there is a target; model.py says why)."""
+    return model(batch[0], batch[1], targets_only=targets_only)[1]
 
 
 def sampled_evals(get_batch, splits, iters):

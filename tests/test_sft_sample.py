@@ -147,10 +147,12 @@ def test_replay_rows_and_their_loss(tiny_data):
         V = int(x.max()) + 1
         table = torch.randn(V, V)
 
-        def model(inp, targets=None, all_logits=False):
+        def model(inp, targets=None, all_logits=False, targets_only=False, logits_at=None):
             logits = table[inp]
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE) \
                 if targets is not None else None
+            if logits_at is not None:
+                logits = logits[:len(logits_at)].gather(1, logits_at[..., None].expand(-1, -1, V))
             return logits, loss
         loss = anchor_sft.prior_distill_loss(model, 1.0)(model, (x, y, *d))
         assert loss.item() == pytest.approx(model(x, y)[1].item(), abs=1e-5)
