@@ -24,11 +24,12 @@ arm at every seed, sampling and the diversity report.
 
 A figure is a result only when its uncertainty includes training: every arm is post-trained and
 sampled once per seed (replicate k uses seed + k), from the same pretrained pair, and the report's
-CIs resample the seeds, then the prompts. The two ablations with an SFT of their own run at
-ablation_seeds. pretrain_seeds > 1 also repeats the pretraining pair: replicate k then starts from
-pretraining pair k // seeds (runs/seeds.sh: one post-training per pretraining, so that the
-replicates are independent). Every stage runs as its own script with the config files named on the
-command line (stages.py: skipped when its outputs and stamp are unchanged). Prints report.md.
+CIs resample the seeds, then the prompts. The ablations anchored-prior, anchored-mask and
+anchored-plain run at ablation_seeds. pretrain_seeds > 1 also repeats the pretraining pair:
+replicate k then starts from pretraining pair k // seeds (runs/seeds.sh: one post-training per
+pretraining, so that the replicates are independent). Every stage runs as its own script with the
+config files named on the command line (stages.py: skipped when its outputs and stamp are unchanged).
+Prints report.md.
 """
 import os
 import sys
@@ -48,7 +49,7 @@ num_samples = 32  # per eval prompt, arm and seed
 max_new_tokens = 128
 temperature = 1.0
 seeds = 1  # post-training and sampling seeds of every arm (config/small.py: 3)
-ablation_seeds = 1  # seeds of anchored-mask and anchored-plain, the ablations with an SFT of their own
+ablation_seeds = 1  # seeds of the ablations anchored-prior, anchored-mask and anchored-plain
 pretrain_seeds = 1  # pretraining pairs; replicate k starts from pair k // seeds
 seed = 1337  # replicate k trains and samples with seed + k, its pretraining pair with seed + k // seeds
 temperatures = ''  # e.g. '0.6,0.8,1.0,1.1': sft, sft-replay and anchored also sampled at these (frontier)
@@ -78,7 +79,7 @@ RUNS = {
     'anchored-mask': ('anchored', 'annotated-base', PAPER),
     'anchored-plain': ('anchored', 'base', PAPER),
 }
-ABLATIONS = ('anchored-mask', 'anchored-plain')
+ABLATIONS = ('anchored-prior', 'anchored-mask', 'anchored-plain')  # at ablation_seeds
 # sampled arms: the run (or pretrained model) they sample and how
 ARMS = {
     'base': ('base', []),
@@ -189,18 +190,17 @@ def parse_variants():
 def main_study(study, temps):
     """The arms of the laptop study; returns the anchored arms and the controls they are compared with."""
     for k in replicates():
-        for arm in ('base', 'annotated-base', 'sft', 'sft-replay', 'anchored', 'anchored-noann', 'anchored-prior'):
+        for arm in ('base', 'annotated-base', 'sft', 'sft-replay', 'anchored', 'anchored-noann'):
             study.arm(k, arm)
+        if k in replicates(ablation=True):  # beside the first seeds: their embedding runs beside training too
+            for arm in ABLATIONS:
+                study.arm(k, arm)
         for t in temps:
             for arm in SWEPT:
                 study.arm(k, arm, t, name=f'{arm}@t{t:g}')
         for name, method, init, args in parse_variants():
             study.sample(k, name, study.model(k, name, method, init, args))
         study.embed(f'seed{seed + k}')
-    for k in replicates(ablation=True):
-        for arm in ABLATIONS:
-            study.arm(k, arm)
-    study.embed('ablations')
     anchored = ['anchored', 'anchored-noann', 'anchored-prior', 'anchored-mask', 'anchored-plain']
     return anchored + [n for n, *_ in parse_variants() if n.startswith('anchored')], ['sft', 'sft-replay']
 

@@ -55,7 +55,7 @@ max_new_tokens = 24
 def test_study_end_to_end_and_rerun_skips(tmp_path):
     """The scale-up form of the study on a CPU: a data config, then a model config, passed through to
     every stage, the training stages under torchrun with 2 gloo processes. Two seeds: every arm but
-    the two ablations post-trained and sampled at each, from one pretrained pair; the report's
+    the three ablations post-trained and sampled at each, from one pretrained pair; the report's
     figures are means over the seeds with the value of each."""
     corpus = make_corpus(tmp_path / 'corpus.jsonl', n_docs=120)
     data, model = tmp_path / 'tiny_data.py', tmp_path / 'tiny_model.py'
@@ -68,9 +68,9 @@ def test_study_end_to_end_and_rerun_skips(tmp_path):
     out = tmp_path / 'out'
     report = out / 'report'
     md = (report / 'report.md').read_text()
-    seeded = ['base', 'annotated-base', 'sft', 'sft-replay', 'anchored', 'anchored-noann', 'anchored-prior',
+    seeded = ['base', 'annotated-base', 'sft', 'sft-replay', 'anchored', 'anchored-noann',
               'sft@t0.7', 'sft-replay@t0.7', 'anchored@t0.7']
-    arms = seeded + ['anchored-mask', 'anchored-plain']
+    arms = seeded + ['anchored-prior', 'anchored-mask', 'anchored-plain']
     for arm in arms:
         assert f'| {arm} |' in md, arm
     for metric in ('entropy_topic', 'dissimilarity', 'vendi', 'distinct2', 'gzip', 'quality'):
@@ -82,7 +82,7 @@ def test_study_end_to_end_and_rerun_skips(tmp_path):
     rep = json.loads((report / 'report.json').read_text())
     assert set(rep['arms']) == set(arms) and rep['prompts'] == 14
     assert all(rep['arms'][a]['replicates'] == 2 for a in seeded)
-    assert rep['arms']['anchored-mask']['replicates'] == 1 and rep['study']['seeds'] == 2
+    assert all(rep['arms'][a]['replicates'] == 1 for a in arms if a not in seeded) and rep['study']['seeds'] == 2
     assert rep['study']['environment']['torch'] and rep['study']['stage_seconds']
     assert (report / 'diversity_quality.png').stat().st_size > 0
     # one pretrained pair; the post-trainings and samples of each seed in their own directories
@@ -101,7 +101,9 @@ def test_study_end_to_end_and_rerun_skips(tmp_path):
     # a re-run finds every stage up to date
     r2 = run('study.py', *args, timeout=600)
     assert 'ran: nothing (all up to date)' in r2.stdout
-    assert r2.stdout.count('up to date, skipped') == 1 + 2 + 2 * 3 + 2 + 2 * 10 + 2 + 3 + 1  # 3: embed stages
+    # annotate, 2 pretrainings, 3 SFTs a seed, 2 ablation SFTs, 9 samplings a seed, 3 ablation samplings,
+    # an embed stage a seed, the report
+    assert r2.stdout.count('up to date, skipped') == 1 + 2 + 2 * 3 + 2 + 2 * 9 + 3 + 2 + 1
     assert json.load(open(out / 'seed1337' / 'anchored-mask' / 'sft_set.json'))['rows'] > 0
 
 
