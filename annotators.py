@@ -187,7 +187,9 @@ class Keywords:
 # embed: zero-shot labels or clusters
 
 class EmbedAnnotator:
-    """Zero-shot labels (embed_labels) or clusters (fit first). stats: chunks annotated, fit_chunks."""
+    """Zero-shot labels (embed_labels) or clusters (fit first). stats: chunks annotated, fit_chunks,
+    reused (chunks whose embedding from the fit was reused: a corpus within annotator_docs documents
+    is its own fit sample, and each chunk is embedded once)."""
     in_process = True
 
     def __init__(self, s):
@@ -199,6 +201,7 @@ class EmbedAnnotator:
         self.zero_shot = bool(labels)
         self.names = [n for n, _ in labels]
         self.centroids = None  # clusters: set by fit
+        self.fitted = {}  # clusters: {chunk: embedding} of the fit sample, reused when annotating it
         if self.zero_shot:
             self.centroids = np.stack([unit(self.embed(terms, progress=False).mean(0)) for _, terms in labels])
 
@@ -232,6 +235,7 @@ class EmbedAnnotator:
         self.centroids = km.cluster_centers_.astype(np.float32)
         self.names = cluster_names(sample, km.labels_, k, self.s['cluster_terms'])
         self.stats['fit_chunks'] = len(sample)
+        self.fitted = dict(zip(sample, X))
         return self
 
     def __call__(self, chunks):
@@ -239,7 +243,11 @@ class EmbedAnnotator:
             raise RuntimeError("clusters mode: call fit(sample_chunks) before annotating")
         if not chunks:
             return []
-        X = self.embed(list(chunks))
+        chunks = list(chunks)
+        todo = list(dict.fromkeys(t for t in chunks if t not in self.fitted))
+        new = dict(zip(todo, self.embed(todo))) if todo else {}
+        X = np.stack([self.fitted[t] if t in self.fitted else new[t] for t in chunks])
+        self.stats['reused'] += sum(t in self.fitted for t in chunks)
         # nearest centroid in euclidean distance: ||x - c||^2 = 1 - 2 x.c + ||c||^2 for unit x, the
         # assignment k-means made; label embeddings are unit-norm, so for them this is the cosine
         best = np.argmax(X @ self.centroids.T - 0.5 * (self.centroids ** 2).sum(1), axis=1)

@@ -107,6 +107,15 @@ def test_clusters_recover_topics_deterministically(one_embedder):
         name = z.split(':', 1)[1]
         assert z.startswith('topic:') and all(w in TOPIC_WORDS[t].split() for w in name.split('_')), (z, t)
     assert len(set(out)) == 4
+    # the fit sample's own chunks are not embedded again, and get the annotation a fresh embedding gives
+    calls = []
+    embed = ann.embed
+    ann.embed = lambda texts, progress=True: calls.append(list(texts)) or embed(texts, progress)
+    again = ann(sample[:6] + texts[:2])
+    assert calls == [texts[:2]] and ann.stats['reused'] == 6
+    fresh = make_annotator('embed', cfg).fit(sample)
+    fresh.fitted = {}
+    assert again == fresh(sample[:6] + texts[:2])
     with pytest.raises(UserError, match='embed_clusters=4 needs at least 4 distinct'):
         make_annotator('embed', cfg).fit(['a b c', 'a b c', 'd e f', '  '])
 
