@@ -59,7 +59,7 @@ def test_ddp_two_ranks_match_one_rank_with_double_accumulation(tiny_data, tmp_pa
 
 
 def test_resume_after_sigkill_ends_at_same_loss(tiny_data, tmp_path):
-    common = [f'--data_dir={tiny_data}', '--max_iters=150', '--eval_interval=25', '--eval_iters=1',
+    common = [f'--data_dir={tiny_data}', '--max_iters=60', '--eval_interval=10', '--eval_iters=1',
               '--dropout=0.1', *TINY_MODEL]  # dropout: the torch RNG state must be restored too
     run('pretrain.py', *common, f'--out_dir={tmp_path / "straight"}')
     out = tmp_path / 'killed'
@@ -72,7 +72,7 @@ def test_resume_after_sigkill_ends_at_same_loss(tiny_data, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     ckpt = torch.load(out / 'ckpt.pt', weights_only=False)  # never half-written: it loads
-    assert 0 < ckpt['iter_num'] < 150, 'the kill must land mid-run'
+    assert 0 < ckpt['iter_num'] < 60, 'the kill must land mid-run'
     assert ckpt['config']['optimizer'] == 'muon'  # the default: Muon's momentum resumes exactly too
     run('pretrain.py', *common, f'--out_dir={out}', '--init_from=resume')
     assert final_val(out) == pytest.approx(final_val(tmp_path / 'straight'), abs=1e-5)
