@@ -3,7 +3,8 @@ The stage runner of study.py: every stage is a script run as its own process, wi
 of its command, the config files, its script and the shared modules, and the stamps of the stages it
 depends on). A stage whose outputs exist and whose stamp is unchanged is skipped, so a re-run only
 redoes what changed. Stages form a dependency graph: each starts as soon as the stages it depends on
-have finished, `jobs` at a time, each with cores // jobs torch threads.
+have finished, `jobs` at a time, each with cores // jobs torch threads, the one that heads the
+costliest chain of work first.
 """
 import json
 import os
@@ -29,8 +30,9 @@ def file_digest(path):
 class Stage:
     """One run of a stage script: its name (also its log's name), the script and its arguments, the
     files it writes (all present = done), the stages it depends on, whether it takes --threads and
-    --progress (to share the cores and keep its log free of bars), and whether it trains (under
-    torchrun with nproc > 1)."""
+    --progress (to share the cores and keep its log free of bars), whether it trains (under
+    torchrun with nproc > 1), and its cost: its run time relative to other stages, rough (the
+    laptop study: a training or an embedding stage about 4 samplings), for the order stages start in."""
     name: str
     script: str
     args: list
@@ -39,6 +41,7 @@ class Stage:
     threaded: bool = True
     progress: bool = True
     trains: bool = False
+    cost: int = 1
 
 
 class Stages:
@@ -80,13 +83,26 @@ class Stages:
             else:  # it waits for the deps that run in this call
                 log = os.path.join(self.out_root, 'logs', f'{st.name}.log') if self.jobs > 1 else None
                 todo.append((st.name, cmd, log, [d for d in st.deps if any(t[0] == d for t in todo)]))
-        self.run_graph(todo, new)
+        self.run_graph(todo, new, {st.name: st.cost for st in stages})
 
-    def run_graph(self, todo, new):
-        """Run (name, cmd, log, deps) jobs at a time; a failed stage's dependents never start."""
+    def run_graph(self, todo, new, cost):
+        """Run (name, cmd, log, deps) jobs at a time; a failed stage's dependents never start. Of
+        the stages ready to start, the one that heads the costliest chain of stages still to run
+        starts first (critical-path list scheduling; ties: the first one): the last minutes then
+        wait on no long chain (an SFT, its samples, their embedding, the report) run one stage at a
+        time while the other cores idle (RESULTS.md: what the one command's time goes to)."""
+        after = {t[0]: [u[0] for u in todo if t[0] in u[3]] for t in todo}
+        chain = {}
+
+        def chain_cost(name):  # the stage's own cost and that of its costliest chain of dependents
+            if name not in chain:
+                chain[name] = cost[name] + max((chain_cost(n) for n in after[name]), default=0)
+            return chain[name]
+        order = {t[0]: i for i, t in enumerate(todo)}
         waiting, running, done, failed = list(todo), {}, set(), []
         while waiting or running:
-            ready = [t for t in waiting if all(d in done for d in t[3])]
+            ready = sorted((t for t in waiting if all(d in done for d in t[3])),
+                           key=lambda t: (-chain_cost(t[0]), order[t[0]]))
             while ready and len(running) < self.jobs and not failed:
                 t = ready.pop(0)
                 waiting.remove(t)

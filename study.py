@@ -115,7 +115,8 @@ class Study:
         annotated = ['--annotated=True'] if kind == 'annotated-base' else []
         name = self.add(Stage(f"{self.tag}pretrain-{'annotated' if annotated else 'plain'}/{p}", 'pretrain.py',
                               [f'--data_dir={self.data_dir}', f'--out_dir={path}', f'--seed={p}', *annotated,
-                               *self.pretrain_args], [os.path.join(path, 'ckpt.pt')], ['annotate'], trains=True))
+                               *self.pretrain_args], [os.path.join(path, 'ckpt.pt')], ['annotate'], trains=True,
+                              cost=4))
         return name, path
 
     def model(self, k, run, method=None, init=None, args=()):
@@ -129,7 +130,7 @@ class Study:
         name = self.add(Stage(f'{self.tag}{run}/{s}', 'anchor_sft.py',
                               [f'--data_dir={self.data_dir}', f'--method={method}', f'--init_dir={init_dir}',
                                f'--out_dir={path}', f'--seed={s}', *args], [os.path.join(path, 'ckpt.pt')], [dep],
-                              trains=True))
+                              trains=True, cost=4))
         return name, path
 
     def sample(self, k, arm, model, extra=(), temp=temperature):
@@ -152,7 +153,7 @@ class Study:
             self.add(Stage(f'{self.tag}embed/{group}', 'diversity.py',
                            [f"--samples={','.join(f'{a}={p}' for a, p, _ in todo)}", f'--data_dir={self.data_dir}',
                             f'--out_dir={self.rdir}', '--embed_only=True'], [], [st for _, _, st in todo],
-                           progress=False))
+                           progress=False, cost=4))
 
     def arm(self, k, arm, temp=temperature, name=None):
         run, extra = ARMS[arm]

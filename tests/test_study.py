@@ -165,3 +165,10 @@ def test_stages_start_as_soon_as_their_deps_finish(tmp_path):
     with pytest.raises(UserError, match="stage 'bad' failed"):
         st.run([stage('bad', 0.1), stage('next', 0.1, ['bad'])])
     assert 'start next' not in trace.read_text() and 'bad' not in st.stamps
+    # one at a time: of two ready stages, the one that heads the costlier chain starts first
+    trace.write_text('')
+    one = Stages(str(tmp_path / 'out1'), [str(cfg)], jobs=1)
+    one.run([stage('a', 0.1), stage('b', 0.1), Stage('c', str(script), ['c', 0.1, trace], [], ['b'], cost=4),
+             stage('d', 0.1, ['a'])])
+    assert [e for e in trace.read_text().split('\n') if e.startswith('start')] == \
+        ['start b', 'start c', 'start a', 'start d']
