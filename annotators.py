@@ -206,18 +206,22 @@ class EmbedAnnotator:
             self.centroids = np.stack([unit(self.embed(terms, progress=False).mean(0)) for _, terms in labels])
 
     def embed(self, texts, progress=True):
-        """Unit-norm embeddings in batches of embed_batch_size; one progress bar for the whole run
-        (annotate.py calls the annotator batch after batch)."""
+        """Unit-norm embeddings in batches of embed_batch_size, texts of like length together (a
+        batch is padded to its longest text); one progress bar for the whole run (annotate.py calls
+        the annotator batch after batch)."""
         from embeddings import embed
         bs = self.s['embed_batch_size']
         if progress and self.bar is None:
             self.bar = tqdm(desc='embed annotations', unit='chunk')
+        order = np.argsort([len(t) for t in texts], kind='stable')
         out = []
         for i in range(0, len(texts), bs):
-            out.append(embed(self.model, texts[i:i + bs], bs))
+            out.append(embed(self.model, [texts[j] for j in order[i:i + bs]], bs))
             if progress:
                 self.bar.update(len(out[-1]))
-        return np.concatenate(out)
+        X = np.concatenate(out)
+        X[order] = X.copy()  # back to the order of texts
+        return X
 
     def fit(self, sample):
         """Clusters: k-means over the sample's embeddings and a name for every cluster. Zero-shot

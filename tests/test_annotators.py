@@ -5,6 +5,7 @@ import json
 import os
 import random
 
+import numpy as np
 import pytest
 
 import annotators
@@ -89,6 +90,8 @@ def test_zero_shot_labels(one_embedder):
     assert all(z.startswith('subject:') and ' ' not in z for z in out)
     assert sum(z == f'subject:{t}' for z, t in zip(out, topics)) >= 22
     assert ann([]) == [] and ann(texts[:3]) == out[:3] and ann.stats['chunks'] == 27
+    X = ann.embed(texts, progress=False)  # batched by length, returned in the order given
+    assert all(np.allclose(X[i], ann.embed([texts[i]], progress=False)[0], atol=1e-5) for i in (0, 7, 23))
     spaced = make_annotator('embed', {'embed_labels': 'Fine arts: painting; Hard science: physics', 'device': 'cpu'})
     assert spaced(['A painting of a river.']) == ['topic:Fine_arts']  # '_' for spaces, default key
 
