@@ -265,7 +265,7 @@ class GPT(nn.Module):
             return self.lm_head(x if all_logits else x[:, [-1], :]), None
         if targets_only:
             # post-training: an SFT batch is mostly prompt, masked annotation and padding, and at this
-            # size the head is a third of a position's FLOPs (bench.py --what=sft: 1.15-1.19x a step).
+            # size the head is a third of a position's FLOPs (bench.py --what=sft: 1.1-1.3x a step).
             # Not in pretraining, where every position is a target and a data-dependent shape would
             # break torch.compile's graph.
             keep = targets != IGNORE
