@@ -77,24 +77,30 @@ def sync(device_type):
         torch.cuda.synchronize()
 
 
+def seconds_per_step(model, opt, batches, device_type, **kw):
+    """Mean seconds of a full training step (forward, backward, optimizer) over batches (x, y), the
+    first warmup_steps not timed; kw goes to the model's forward."""
+    ctx = autocast(device_type, dtype)
+    for i, (x, y) in enumerate(batches):
+        if i == warmup_steps:
+            sync(device_type)
+            t0 = time.time()
+        with ctx:
+            loss = model(x, y, **kw)[1]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(device_type)
+    return (time.time() - t0) / (len(batches) - warmup_steps)
+
+
 def bench_train(model, env, opt_kind):
     """ms/iter and tokens/s of full training steps (forward, backward, optimizer) on random tokens."""
-    ctx = autocast(env['device_type'], dtype)
     opt = model.configure_optimizers(opt_kind, 1e-4, 1e-3, 0.1, (0.9, 0.95), env['device_type'])
     step_model = torch.compile(model) if compile else model
     x = torch.randint(vocab_size, (batch_size, block_size), device=env['device'])
     y = torch.randint(vocab_size, (batch_size, block_size), device=env['device'])
-    for i in range(warmup_steps + steps):
-        if i == warmup_steps:
-            sync(env['device_type'])
-            t0 = time.time()
-        with ctx:
-            _, loss = step_model(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    sync(env['device_type'])
-    dt = (time.time() - t0) / steps
+    dt = seconds_per_step(step_model, opt, [(x, y)] * (warmup_steps + steps), env['device_type'])
     tokens = batch_size * block_size
     flops = peak_flops(env['device_type'], cpu_peak_flops)
     mfu = f"{model.estimate_mfu(tokens, dt, flops) * 100:.1f}%" if flops else 'n/a (give --cpu_peak_flops)'
@@ -117,7 +123,6 @@ def bench_sft(make, env, configs):
         raise UserError(f"no annotate.py output in {data_dir}: run python annotate.py {' '.join(configs)} first")
     configure(vars(anchor_sft), configs)  # a module keeps its defaults until told: the SFT keys of these files
     meta = load_meta(data_dir)
-    ctx = autocast(env['device_type'], dtype)
     n_replay = anchor_sft.replay_rows
     arms = (('sft', 'sft', 0), ('sft-replay', 'sft', n_replay), ('anchored', 'anchored', n_replay))
     for arm, method, replay_rows in arms:
@@ -134,17 +139,8 @@ def bench_sft(make, env, configs):
                 torch.manual_seed(seed)
                 model = make(recipe, padded_vocab(meta))
                 opt = model.configure_optimizers(optimizer, 1e-4, 1e-3, 0.1, (0.9, 0.95), env['device_type'])
-                for i, (x, y) in enumerate(batches):
-                    if i == warmup_steps:
-                        sync(env['device_type'])
-                        t0 = time.time()
-                    with ctx:
-                        loss = model(x, y, targets_only=targets_only)[1]
-                    loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                sync(env['device_type'])
-                best[targets_only] = min(best.get(targets_only, float('inf')), (time.time() - t0) / steps)
+                dt = seconds_per_step(model, opt, batches, env['device_type'], targets_only=targets_only)
+                best[targets_only] = min(best.get(targets_only, float('inf')), dt)
         print(f"SFT step, {arm} ({len(batches[0][0])} rows a batch, {share:.0%} of the positions targets): "
               f"head everywhere {best[False] * 1000:.0f} ms, at the targets only "
               f"{best[True] * 1000:.0f} ms: {best[False] / best[True]:.2f}x")
