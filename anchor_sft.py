@@ -18,6 +18,14 @@ model still drift (the response style leaks into the annotation, the annotation 
 anchor_prior='distill' adds prior distillation: lambda * KL(R_pre(. | z_<t) || R_theta(. | x, z_<t)) at the annotation
 positions t, where R_pre is the frozen annotated-pretrained model (the SFT's starting point) reading
 the same annotation after <|bos|><|ann|>, i.e. exactly the pretraining prior the paper wants kept.
+The KL is read on prior rows: each SFT row's prompt followed by an annotation z drawn from the
+annotated pretraining stream, i.e. from the prior itself. Summed over positions with z drawn from
+R_pre, the per-position KLs are the forward KL of whole annotations, KL(R_pre(z) || R_theta(z | x));
+on the SFT rows' own annotations (the narrow slice) they would keep R(entity | topic) only for the
+SFT topics, and the text then follows the other topics' annotations less (RESULTS.md: fidelity 47%
+against 52-64% on the corpus's annotations). A prior row has no response for its z, but the SFT
+format's opening line (the tokens every SFT response starts with) holds whatever z: it is a target
+there at opening_weight, or the response format is kept only after the SFT topics' annotations.
 The SFT rows' own annotation values are never targets (that would pull R(z|x) to the narrow slice).
 replay_rows > 0 adds replay: that many windows of the pretraining stream the model was trained on
 (annotated for method='anchored': <|ann|> z <|text|> text; plain for method='sft') join every training
@@ -59,6 +67,7 @@ method = 'sft'  # 'sft' (standard) or 'anchored' (annotation-anchored)
 key_fraction = 0.003  # anchored: fraction of rows whose annotation keys are supervised (paper: 0.3%)
 anchor_prior = 'mask'  # anchored: 'mask' (the paper: z is only masked) or 'distill' (+ prior distillation)
 distill_weight = 1.0  # lambda of the prior-distillation KL (per annotation position, like the LM loss per token)
+opening_weight = 0.0  # with distill: weight of the SFT format's opening line on the prior rows (0: not a target)
 replay_rows = 0  # windows of the pretraining stream (annotated or plain, by method) added to every training micro-batch
 replay_docs = False  # replayed windows start at a document and leave its boundaries to the SFT format (below)
 replay_lr_frac = -1.0  # the learning-rate fraction of an arm that replays (< 0: sft_lr_frac)
@@ -138,21 +147,35 @@ def load_rows(path, enc, special, block_size, anchored, rng, what, sft_key):
     return out, [topic(r) for r in fits]
 
 
-def distill_inputs(seqs, special):
-    """Prior distillation's view of anchored rows: the teacher's input <|bos|><|ann|> z per row,
-    the student's positions that predict z and <|text|> (start..end-1 of annotation_span), and a
-    mask; padded to the longest annotation. Teacher position j + 1 and student position start + j
-    predict the same token, so teacher logits [:, 1:] line up with the student positions."""
-    spans = [annotation_span(ids, special) for ids in seqs]
-    P = max(e - s for s, e in spans)
+def sft_opening(rows, special):
+    """The tokens every SFT response starts with after <|text|>: the format's opening line (none if
+    the responses start differently). os.path.commonprefix compares any sequences, lists of ids too."""
+    return os.path.commonprefix([ids[annotation_span(ids, special)[1] + 1:] for ids, _ in rows])
+
+
+def prior_rows(seqs, zs, special, opening):
+    """Prior distillation's rows: each SFT row's prompt up to its <|ann|>, then an annotation z drawn
+    from the prior (a list of ids), <|text|> and the format's opening line. Returns the student's
+    input and targets (the opening line only), the teacher's input <|bos|><|ann|> z, the student
+    positions that predict z and <|text|>, and their mask; right-padded. Teacher position j + 1 and
+    student position start + j predict the same token, so teacher logits [:, 1:] line up."""
+    heads = [ids[:annotation_span(ids, special)[0] + 1] for ids in seqs]
+    L = max(len(h) + len(z) + 1 + len(opening) for h, z in zip(heads, zs))
+    P = max(len(z) + 1 for z in zs)
+    x = torch.zeros(len(seqs), L, dtype=torch.long)
+    y = torch.full((len(seqs), L), IGNORE, dtype=torch.long)
     t_in = torch.zeros(len(seqs), P + 1, dtype=torch.long)
     s_pos = torch.zeros(len(seqs), P, dtype=torch.long)
     mask = torch.zeros(len(seqs), P, dtype=torch.bool)
-    for b, (ids, (s, e)) in enumerate(zip(seqs, spans)):
-        t_in[b, :e - s + 1] = torch.tensor([special[BOS]] + ids[s:e])
-        s_pos[b, :e - s] = torch.arange(s, e)
-        mask[b, :e - s] = True
-    return t_in, s_pos, mask
+    for b, (h, z) in enumerate(zip(heads, zs)):
+        ids = h + z + [special[TEXT]] + opening
+        x[b, :len(ids)] = torch.tensor(ids)
+        text = len(h) + len(z)  # the position of <|text|>, which predicts the opening's first token
+        y[b, text:text + len(opening)] = torch.tensor(opening, dtype=torch.long)
+        t_in[b, :len(z) + 2] = torch.tensor([special[BOS], special[ANN]] + z)
+        s_pos[b, :len(z) + 1] = torch.arange(len(h) - 1, text)
+        mask[b, :len(z) + 1] = True
+    return x, y, t_in, s_pos, mask
 
 
 def replay_window(stream, i, T, special, annotated):
@@ -188,11 +211,12 @@ def pad_rows(rows, extra=0):
     return x, y
 
 
-def make_get_batch(rows, device, special, distill=False, replay=None, annotated=False):
-    """Training batches of random rows. With distill (prior distillation) every batch also carries
-    distill_inputs. With replay (a token stream, annotated or plain), replay_rows windows of it, as long
-    as the micro-batch, follow the SFT rows in every batch, all their tokens targets (the loss is one
-    mean over all targets)."""
+def make_get_batch(rows, device, special, prior=None, replay=None, annotated=False):
+    """Training batches of random rows. With prior (prior distillation: the annotated stream, the
+    (start, end) of its annotations and the opening line) every batch also carries the prior_rows of
+    its SFT rows, each with an annotation drawn from the stream. With replay (a token stream,
+    annotated or plain), replay_rows windows of it, as long as the micro-batch, follow the SFT rows in
+    every batch, all their tokens targets (the loss is one mean over all targets)."""
     longest = max(len(ids) for ids, _ in rows) + 1  # a window and its shifted targets
     n_rep = replay_rows if replay is not None else 0
 
@@ -201,13 +225,15 @@ def make_get_batch(rows, device, special, distill=False, replay=None, annotated=
         picks = torch.randint(len(rows), (n, sft_batch_size), generator=gen)
         # drawn for every micro-batch of every rank, like picks: each rank takes its own, in sync
         starts = torch.randint(len(replay) - longest, (n, n_rep), generator=gen) if n_rep else None
+        zs = torch.randint(len(prior[1]), (n, sft_batch_size), generator=gen) if prior else None
         out = []
         for m in micro_ids:
             batch = [rows[i] for i in picks[m].tolist()]
             x, y = pad_rows(batch, n_rep)
             for r, i in enumerate(starts[m].tolist() if n_rep else ()):
                 x[len(batch) + r], y[len(batch) + r] = replay_window(replay, i, x.size(1), special, annotated)
-            extra = distill_inputs([ids for ids, _ in batch], special) if distill else ()
+            extra = prior_rows([ids for ids, _ in batch], [prior[0][a:b].tolist() for a, b in prior[1][zs[m]]],
+                               special, prior[2]) if prior else ()
             out.append(tuple(t.to(device) for t in (x, y, *extra)))
         return out
     return get_batch
@@ -231,15 +257,21 @@ def distill_kl(student_logits, teacher_logits, mask):
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def prior_distill_loss(teacher, weight):
-    """loss_fn for the training loop: the SFT loss plus weight * the prior-distillation KL."""
+def prior_distill_loss(teacher, weight, opening_weight):
+    """loss_fn for the training loop: the SFT loss, plus weight * the prior-distillation KL and
+    opening_weight * the loss of the opening line on the prior rows (a second, short forward)."""
     def loss_fn(model, batch):
-        x, y, t_in, s_pos, mask = batch
-        # the SFT rows come first; replay rows (if any) follow and have no annotation to distill
-        s_logits, loss = model(x, y, targets_only=True, logits_at=s_pos)
+        x, y, p_x, p_y, t_in, s_pos, mask = batch
+        _, loss = model(x, y, targets_only=True)
+        logits = model(p_x, all_logits=True)[0]
         with torch.no_grad():
             t_logits = teacher(t_in, all_logits=True)[0][:, 1:]
-        return loss + weight * distill_kl(s_logits, t_logits, mask)
+        loss = loss + weight * distill_kl(logits.gather(1, s_pos[..., None].expand(-1, -1, logits.size(-1))),
+                                          t_logits, mask)
+        if opening_weight:  # main() checks that the SFT responses have an opening line
+            loss = loss + opening_weight * F.cross_entropy(logits.flatten(0, 1).float(), p_y.flatten(),
+                                                           ignore_index=IGNORE)
+        return loss
     return loss_fn
 
 
@@ -295,6 +327,22 @@ def load_sft_data(ddir, meta, block_size):
     return rows, topics, replay
 
 
+def load_prior(ddir, special, rows):
+    """What prior distillation draws its prior rows from: the annotated pretraining stream, the
+    (start, end) of every annotation z in it (<|ann|> z <|text|>), and the SFT format's opening line."""
+    stream = token_stream(ddir, 'annotated', 'train', 1)
+    ann, txt = np.flatnonzero(stream == special[ANN]), np.flatnonzero(stream == special[TEXT])
+    j = np.searchsorted(txt, ann)
+    spans = np.stack([ann[j < len(txt)] + 1, txt[j[j < len(txt)]]], 1)
+    if not len(spans):
+        raise UserError(f"{ddir}/annotated_train.bin has no annotations to distill the prior on")
+    opening = sft_opening(rows, special)
+    if opening_weight and not opening:
+        raise UserError("opening_weight > 0 needs SFT responses that start alike (the format's opening line); "
+                        "these have none in common: set opening_weight=0")
+    return stream, spans, opening
+
+
 def write_sft_set(meta, rows, topics, env):
     """sft_set.json: the semantic entropy of the post-training data, what SFT's output entropy tracks
     (paper); and a line on what is about to run."""
@@ -309,8 +357,8 @@ def write_sft_set(meta, rows, topics, env):
 
 def main():
     check_training_config(config, positive=('sft_iters', 'sft_batch_size', 'sft_eval_interval'),
-                          nonneg=('sft_lr_frac', 'sft_warmup_iters', 'distill_weight', 'sft_max_rows', 'sft_patience',
-                                  'sft_min_delta', 'replay_rows'),
+                          nonneg=('sft_lr_frac', 'sft_warmup_iters', 'distill_weight', 'opening_weight', 'sft_max_rows',
+                                  'sft_patience', 'sft_min_delta', 'replay_rows'),
                           fractions=('key_fraction', 'sft_warmdown_frac', 'sft_final_lr_frac'),
                           choices=dict(method=('sft', 'anchored'), anchor_prior=('mask', 'distill'),
                                        init_from=('pretrained', 'resume')), dropout_key='sft_dropout')
@@ -325,6 +373,7 @@ def main():
     teacher = load_teacher(ckpt, env['device'], meta) if distill else None
     model_args = dict(ckpt['model_args'], dropout=sft_dropout)
     rows, topics, replay = load_sft_data(ddir, meta, model_args['block_size'])
+    prior = load_prior(ddir, meta['special_tokens'], rows['train']) if distill else None
     torch.manual_seed(seed + env['rank'])
     ckpt['model_args'] = model_args
     model = model_from_checkpoint(ckpt, env['device'])
@@ -344,14 +393,15 @@ def main():
                  init_dir=ckpt['init_dir'] if init_from == 'resume' else init_dir,
                  annotated=ckpt.get('annotated', False), anchor_prior=anchor_prior if method == 'anchored' else None)
     special = meta['special_tokens']
-    get_batch = make_get_batch(rows['train'], env['device'], special, distill, replay, annotated=method == 'anchored')
+    get_batch = make_get_batch(rows['train'], env['device'], special, prior, replay, annotated=method == 'anchored')
     lr_at = partial(lr_multiplier, max_iters=sft_iters, warmup_iters=sft_warmup_iters, schedule='wsd',
                     warmdown_frac=sft_warmdown_frac, final_lr_frac=sft_final_lr_frac)
     train(model, optimizer, get_batch, {'val': lambda: val_batches(rows['val'], env['device'])}, env, state, extra,
           out_dir=out_dir, max_iters=sft_iters, lr_at=lr_at, eval_interval=sft_eval_interval,
           log_interval=log_interval, accum=gradient_accumulation_steps, grad_clip=grad_clip, seed=seed, dtype=dtype,
           compile=sft_compile, peak_flops=peak_flops(env['device_type'], cpu_peak_flops), progress=progress,
-          loss_fn=prior_distill_loss(teacher, distill_weight) if distill else partial(lm_loss, targets_only=True),
+          loss_fn=prior_distill_loss(teacher, distill_weight, opening_weight) if distill
+          else partial(lm_loss, targets_only=True),
           keep_best=sft_patience > 0, patience=sft_patience, min_delta=sft_min_delta, desc=f'{method} SFT')
     if env['ddp']:
         torch.distributed.destroy_process_group()

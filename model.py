@@ -237,14 +237,14 @@ class GPT(nn.Module):
                 n -= self.transformer.wte.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, cache=None, all_logits=False, pad=None, targets_only=False, logits_at=None):
+    def forward(self, idx, targets=None, cache=None, all_logits=False, pad=None, targets_only=False):
         """Logits for idx (B, T). With targets: the logits of every position and the mean loss over
         targets != IGNORE (formats.py: the targets the loss skips). Without: only the last position's
         logits (inference), unless all_logits. With a cache: idx continues the cached positions.
         pad (B,): rows are left-padded by that many tokens (prompts of different lengths in one
         batch): each row keeps its own positions and never attends to its padding.
-        targets_only (with targets): the head runs only at the positions with a target, and the
-        logits returned are those at logits_at (B', P), positions in the first B' rows (None: none)."""
+        targets_only (with targets): the head runs only at the positions with a target, and no
+        logits are returned."""
         B, T = idx.size()
         start = 0 if cache is None else cache.pos
         if start + T > self.config.block_size:
@@ -269,11 +269,7 @@ class GPT(nn.Module):
             # Not in pretraining, where every position is a target and a data-dependent shape would
             # break torch.compile's graph.
             keep = targets != IGNORE
-            loss = F.cross_entropy(self.lm_head(x[keep]).float(), targets[keep])
-            if logits_at is None:
-                return None, loss
-            h = x[:logits_at.size(0)].gather(1, logits_at[..., None].expand(-1, -1, x.size(-1)))
-            return self.lm_head(h), loss
+            return None, F.cross_entropy(self.lm_head(x[keep]).float(), targets[keep])
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
                                ignore_index=IGNORE)

@@ -27,8 +27,8 @@ def ckpts(tiny_data, tmp_path_factory):
         '--sft_patience=1', '--sft_min_delta=0.001')  # the early-stopping rule: best.pt
     # the config/small.py recipe: prior distillation, replay of annotated documents, SFT dropout, own lr
     recipe = ['--replay_rows=2', '--replay_docs=True', '--sft_dropout=0.1', '--replay_lr_frac=0.3']
-    run('anchor_sft.py', '--method=anchored', '--anchor_prior=distill', *recipe, f'--init_dir={root / "annotated"}',
-        f'--out_dir={root / "distill"}', *SFT)
+    run('anchor_sft.py', '--method=anchored', '--anchor_prior=distill', '--opening_weight=0.05', *recipe,
+        f'--init_dir={root / "annotated"}', f'--out_dir={root / "distill"}', *SFT)
     # and its fair control: standard SFT with the same replay, from the plain stream, at the same rate
     run('anchor_sft.py', '--method=sft', *recipe, f'--init_dir={root / "base"}', f'--out_dir={root / "sft-replay"}',
         *SFT)
@@ -76,34 +76,44 @@ def test_anchored_batch_supervises_exactly_response_and_key_rows(tiny_data):
     assert any(is_value) and not all(is_value)
 
 
-def test_prior_distillation_positions_and_loss(tiny_data):
-    """distill_inputs pairs every student position that predicts the annotation (from <|ann|> to the
-    last token of z, which predicts <|text|>) with the teacher reading <|bos|><|ann|> z; the KL is
-    zero where the two agree and its gradient reaches only those student positions."""
+def test_prior_rows_positions_and_loss(tiny_data):
+    """prior_rows puts a drawn annotation z after each SFT row's prompt, then <|text|> and the opening
+    line (the only targets); every student position that predicts z or <|text|> (from <|ann|> to
+    the last token of z) is paired with the teacher reading <|bos|><|ann|> z; the KL is zero where
+    the two agree and its gradient reaches only those positions. sft_opening is what every response
+    starts with, and load_prior finds every annotation of the annotated stream."""
     import anchor_sft
-    from formats import BOS, annotation_span, encode_annotation
+    from formats import BOS, annotation_span, token_stream
     meta = load_meta(tiny_data)
     enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
-    z, z2 = 'topic:Arts entity:Mona_Lisa', 'topic:Sport'
-    rows = [sft_example(enc, special, 'Hi there.', 'Sure!\nA poem.', z)[0],
-            sft_example(enc, special, 'Hi.', 'Ok.', z2)[0]]
-    t_in, s_pos, mask = anchor_sft.distill_inputs(rows, special)
-    for b, (ids, ann) in enumerate(zip(rows, (z, z2))):
-        z_ids = encode_annotation(enc, ann)[0]
-        start, end = annotation_span(ids, special)
-        assert ids[start] == special[ANN] and ids[end] == special[TEXT] and end - start == len(z_ids) + 1
+    rows = [sft_example(enc, special, 'Hi there.', 'Sure!\nA poem.', 'topic:Arts'),
+            sft_example(enc, special, 'Hi.', 'Sure!\nOk.', 'topic:Sport')]
+    opening = anchor_sft.sft_opening(rows, special)
+    start, end = annotation_span(rows[0][0], special)
+    assert opening == rows[0][0][end + 1:end + 1 + len(opening)] and enc.decode(opening).startswith('Sure!')
+    assert anchor_sft.sft_opening(rows + [sft_example(enc, special, 'Hi.', 'No.', 'topic:Arts')], special) == []
+    zs = [encode_annotation(enc, 'topic:History entity:Rome')[0], encode_annotation(enc, 'topic:Sport')[0]]
+    x, y, t_in, s_pos, mask = anchor_sft.prior_rows([ids for ids, _ in rows], zs, special, opening)
+    for b, ((ids, _), z) in enumerate(zip(rows, zs)):
+        start = annotation_span(ids, special)[0]
+        text = start + 1 + len(z)
+        student = ids[:start + 1] + z + [special[TEXT]] + opening
+        assert x[b, :len(student)].tolist() == student and not x[b, len(student):].any()
         pos = s_pos[b][mask[b]].tolist()
-        assert pos == list(range(start, end))
-        assert [ids[p + 1] for p in pos] == z_ids + [special[TEXT]]  # the student predicts z, then <|text|>
-        teacher = [special[BOS], special[ANN]] + z_ids
+        assert pos == list(range(start, text))
+        assert [student[p + 1] for p in pos] == z + [special[TEXT]]  # the student predicts z, then <|text|>
+        teacher = [special[BOS], special[ANN]] + z
         assert t_in[b, :len(teacher)].tolist() == teacher
         # aligned positions read the same token: teacher position j + 1 and student position start + j
-        assert [t_in[b, j + 1].item() for j in range(len(pos))] == [ids[p] for p in pos]
-    assert mask.sum(1).tolist() == [len(encode_annotation(enc, a)[0]) + 1 for a in (z, z2)]
+        assert [t_in[b, j + 1].item() for j in range(len(pos))] == [student[p] for p in pos]
+        # the opening line is the only target: <|text|> predicts its first token, its last predicts nothing
+        assert [(i, t) for i, t in enumerate(y[b].tolist()) if t != IGNORE] == \
+            [(text + i, t) for i, t in enumerate(opening)]
+    assert mask.sum(1).tolist() == [len(z) + 1 for z in zs]
 
     torch.manual_seed(0)
     V = 11
-    logits = torch.randn(2, max(map(len, rows)), V, requires_grad=True)
+    logits = torch.randn(2, x.size(1), V, requires_grad=True)
     gather = lambda lg: lg.gather(1, s_pos[..., None].expand(-1, -1, V))
     same = anchor_sft.distill_kl(gather(logits), gather(logits).detach(), mask)
     assert same.item() == pytest.approx(0.0, abs=1e-6)
@@ -115,47 +125,56 @@ def test_prior_distillation_positions_and_loss(tiny_data):
     expect = torch.zeros_like(touched)
     for b in range(2):
         expect[b, s_pos[b][mask[b]]] = True
-    assert torch.equal(touched, expect)  # no gradient at the prompt, the response or the padding
+    assert torch.equal(touched, expect)  # no gradient at the prompt, the opening line or the padding
+
+    stream, spans, found = anchor_sft.load_prior(tiny_data, special, rows)
+    assert found == opening and torch.equal(torch.from_numpy(stream.astype('int64')),
+                                            torch.from_numpy(token_stream(tiny_data, 'annotated', 'train', 1)
+                                                             .astype('int64')))
+    assert len(spans) == int((stream == special[ANN]).sum()) > 0
+    assert all(stream[a - 1] == special[ANN] and stream[b] == special[TEXT] and special[TEXT] not in stream[a:b]
+               for a, b in spans)
 
 
 def test_replay_rows_and_their_loss(tiny_data):
     """replay_rows windows of the stream follow the SFT rows of a training batch, as long as the
     batch, every token a target (y = x shifted by one); evaluation batches have none; the SFT rows
-    are the ones drawn without replay. Prior distillation reads only the SFT rows: with a student
-    that agrees with the teacher, the loss is the plain LM loss over SFT and replay targets."""
+    are the ones drawn without replay, and the prior rows carry their prompts. With a student that
+    agrees with the teacher the KL is 0: the loss is the LM loss over SFT and replay targets plus
+    opening_weight * the loss of the prior rows' opening lines."""
     import numpy as np
     import anchor_sft
+    from formats import annotation_span
     meta = load_meta(tiny_data)
     enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
     rows = [sft_example(enc, special, p, 'Sure!\nA poem.', z)
             for p, z in (('Hi there.', 'topic:Arts entity:Mona_Lisa'), ('Hi.', 'topic:Sport'), ('Yo.', 'topic:Arts'))]
     stream = np.arange(1000, dtype=np.uint16) % 97 + 5
+    prior = anchor_sft.load_prior(tiny_data, special, rows)
     anchor_sft.sft_batch_size, anchor_sft.replay_rows = 3, 2
     try:
-        plain = anchor_sft.make_get_batch(rows, 'cpu', special, True)
-        mixed = anchor_sft.make_get_batch(rows, 'cpu', special, True, stream)
-        x0, y0, *d0 = plain('train', torch.Generator().manual_seed(3), [0])[0]
+        plain = anchor_sft.make_get_batch(rows, 'cpu', special, prior)
+        mixed = anchor_sft.make_get_batch(rows, 'cpu', special, prior, stream)
+        x0, y0, *_ = plain('train', torch.Generator().manual_seed(3), [0])[0]
         x, y, *d = mixed('train', torch.Generator().manual_seed(3), [0])[0]
         assert x.shape == (5, x0.size(1)) and torch.equal(x[:3], x0) and torch.equal(y[:3], y0)
-        assert all(torch.equal(a, b) for a, b in zip(d, d0))  # distillation sees the same SFT rows
+        for b in range(3):  # each prior row starts with its SFT row's prompt, up to <|ann|>
+            start = annotation_span(x[b].tolist(), special)[0]
+            assert torch.equal(d[0][b, :start + 1], x[b, :start + 1])
         for r in (3, 4):
             i = (x[r, 0].item() - 5) % 97  # the stream is periodic: any window start maps to one offset
             assert x[r].tolist() == [(i + j) % 97 + 5 for j in range(x.size(1))]
             assert torch.equal(y[r, :-1], x[r, 1:]) and y[r, -1].item() == (i + x.size(1)) % 97 + 5
         assert [len(b) for b in anchor_sft.val_batches(rows, 'cpu')] == [2]  # evaluation: x and y of the rows only
         # a student that reads like the teacher (logits = a table of the current token) distils to 0
-        V = int(x.max()) + 1
+        V = int(max(x.max(), d[0].max(), d[2].max())) + 1
         table = torch.randn(V, V)
+        ce = lambda logits, t: torch.nn.functional.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=IGNORE)
 
-        def model(inp, targets=None, all_logits=False, targets_only=False, logits_at=None):
-            logits = table[inp]
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE) \
-                if targets is not None else None
-            if logits_at is not None:
-                logits = logits[:len(logits_at)].gather(1, logits_at[..., None].expand(-1, -1, V))
-            return logits, loss
-        loss = anchor_sft.prior_distill_loss(model, 1.0)(model, (x, y, *d))
-        assert loss.item() == pytest.approx(model(x, y)[1].item(), abs=1e-5)
+        def model(inp, targets=None, all_logits=False, targets_only=False):
+            return table[inp], ce(table[inp], targets) if targets is not None else None
+        loss = anchor_sft.prior_distill_loss(model, 1.0, 0.5)(model, (x, y, *d))
+        assert loss.item() == pytest.approx(model(x, y)[1].item() + 0.5 * ce(table[d[0]], d[1]).item(), abs=1e-5)
     finally:
         anchor_sft.sft_batch_size, anchor_sft.replay_rows = 16, 0
 
