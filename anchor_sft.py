@@ -23,7 +23,7 @@ annotated pretraining stream, i.e. from the prior itself. Summed over positions 
 R_pre, the per-position KLs are the forward KL of whole annotations, KL(R_pre(z) || R_theta(z | x));
 on the SFT rows' own annotations (the narrow slice) they would keep R(entity | topic) only for the
 SFT topics, and the text then follows the other topics' annotations less (RESULTS.md: fidelity 47%
-against 52-64% on the corpus's annotations). A prior row has no response for its z, but the SFT
+against 53-57% on the corpus's annotations). A prior row has no response for its z, but the SFT
 format's opening line (the tokens every SFT response starts with) holds whatever z: it is a target
 there at opening_weight, or the response format is kept only after the SFT topics' annotations.
 The SFT rows' own annotation values are never targets (that would pull R(z|x) to the narrow slice).
@@ -327,19 +327,23 @@ def load_sft_data(ddir, meta, block_size):
     return rows, topics, replay
 
 
-def load_prior(ddir, special, rows):
+def load_prior(ddir, special, rows, block_size):
     """What prior distillation draws its prior rows from: the annotated pretraining stream, the
-    (start, end) of every annotation z in it (<|ann|> z <|text|>), and the SFT format's opening line."""
+    (start, end) of every annotation z in it (<|ann|> z <|text|>) short enough that a prior row
+    fits in block_size after any SFT row's prompt, and the SFT format's opening line."""
     stream = token_stream(ddir, 'annotated', 'train', 1)
     ann, txt = np.flatnonzero(stream == special[ANN]), np.flatnonzero(stream == special[TEXT])
     j = np.searchsorted(txt, ann)
     spans = np.stack([ann[j < len(txt)] + 1, txt[j[j < len(txt)]]], 1)
-    if not len(spans):
-        raise UserError(f"{ddir}/annotated_train.bin has no annotations to distill the prior on")
     opening = sft_opening(rows, special)
     if opening_weight and not opening:
         raise UserError("opening_weight > 0 needs SFT responses that start alike (the format's opening line); "
                         "these have none in common: set opening_weight=0")
+    room = block_size - max(annotation_span(ids, special)[0] + 1 for ids, _ in rows) - 1 - len(opening)
+    spans = spans[spans[:, 1] - spans[:, 0] <= room]
+    if not len(spans):
+        raise UserError(f"{ddir}/annotated_train.bin has no annotation that fits in block_size={block_size} "
+                        "after an SFT prompt: nothing to distill the prior on")
     return stream, spans, opening
 
 
@@ -373,7 +377,7 @@ def main():
     teacher = load_teacher(ckpt, env['device'], meta) if distill else None
     model_args = dict(ckpt['model_args'], dropout=sft_dropout)
     rows, topics, replay = load_sft_data(ddir, meta, model_args['block_size'])
-    prior = load_prior(ddir, meta['special_tokens'], rows['train']) if distill else None
+    prior = load_prior(ddir, meta['special_tokens'], rows['train'], model_args['block_size']) if distill else None
     torch.manual_seed(seed + env['rank'])
     ckpt['model_args'] = model_args
     model = model_from_checkpoint(ckpt, env['device'])

@@ -127,13 +127,18 @@ def test_prior_rows_positions_and_loss(tiny_data):
         expect[b, s_pos[b][mask[b]]] = True
     assert torch.equal(touched, expect)  # no gradient at the prompt, the opening line or the padding
 
-    stream, spans, found = anchor_sft.load_prior(tiny_data, special, rows)
+    stream, spans, found = anchor_sft.load_prior(tiny_data, special, rows, 256)
     assert found == opening and torch.equal(torch.from_numpy(stream.astype('int64')),
                                             torch.from_numpy(token_stream(tiny_data, 'annotated', 'train', 1)
                                                              .astype('int64')))
     assert len(spans) == int((stream == special[ANN]).sum()) > 0
     assert all(stream[a - 1] == special[ANN] and stream[b] == special[TEXT] and special[TEXT] not in stream[a:b]
                for a, b in spans)
+    # only annotations whose prior row fits in block_size after the longest prompt
+    head = max(annotation_span(ids, special)[0] + 1 for ids, _ in rows)
+    room = int(sorted(spans[:, 1] - spans[:, 0])[len(spans) // 2])  # the median annotation's length
+    short = anchor_sft.load_prior(tiny_data, special, rows, head + room + 1 + len(opening))[1]
+    assert 0 < len(short) < len(spans) and (short[:, 1] - short[:, 0]).max() == room
 
 
 def test_replay_rows_and_their_loss(tiny_data):
@@ -150,7 +155,7 @@ def test_replay_rows_and_their_loss(tiny_data):
     rows = [sft_example(enc, special, p, 'Sure!\nA poem.', z)
             for p, z in (('Hi there.', 'topic:Arts entity:Mona_Lisa'), ('Hi.', 'topic:Sport'), ('Yo.', 'topic:Arts'))]
     stream = np.arange(1000, dtype=np.uint16) % 97 + 5
-    prior = anchor_sft.load_prior(tiny_data, special, rows)
+    prior = anchor_sft.load_prior(tiny_data, special, rows, 256)
     anchor_sft.sft_batch_size, anchor_sft.replay_rows = 3, 2
     try:
         plain = anchor_sft.make_get_batch(rows, 'cpu', special, prior)
