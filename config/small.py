@@ -70,8 +70,8 @@ key_fraction = 0.2
 # toward the annotated pretrained model, and 4 whole pretraining documents replayed in every batch of
 # 16 SFT rows, their boundaries left to the SFT format (replay_docs). The distillation reads its KL on
 # annotations drawn from the corpus, after the SFT rows' prompts; on those prior rows the format's
-# opening line is a target at opening_weight (0 broke the format: quality 62-70%; 1 kept it at 99%
-# but the text followed its annotation less: fidelity 48-52%; 0.05: RESULTS.md, the recipe variants).
+# opening line is a target at opening_weight (3 seeds each, RESULTS.md: 0 broke the format, quality
+# 66%; 1 kept it at 99% but the text followed its annotation less, fidelity 45%; 0.05: 79% and 53%).
 # The replay applies to every arm that does not switch it off: study.py's sft-replay arm (standard SFT
 # with the same replay, from the plain stream) is the fair control; its sft arm and the paper's plain
 # masking (anchored-mask) run with --replay_rows=0.
