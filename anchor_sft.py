@@ -268,7 +268,7 @@ def prior_distill_loss(teacher, weight, opening_weight):
             t_logits = teacher(t_in, all_logits=True)[0][:, 1:]
         loss = loss + weight * distill_kl(logits.gather(1, s_pos[..., None].expand(-1, -1, logits.size(-1))),
                                           t_logits, mask)
-        if opening_weight:  # main() checks that the SFT responses have an opening line
+        if opening_weight:  # load_prior checked that the SFT responses have an opening line
             loss = loss + opening_weight * F.cross_entropy(logits.flatten(0, 1).float(), p_y.flatten(),
                                                            ignore_index=IGNORE)
         return loss
@@ -333,8 +333,9 @@ def load_prior(ddir, special, rows, block_size):
     fits in block_size after any SFT row's prompt, and the SFT format's opening line."""
     stream = token_stream(ddir, 'annotated', 'train', 1)
     ann, txt = np.flatnonzero(stream == special[ANN]), np.flatnonzero(stream == special[TEXT])
-    j = np.searchsorted(txt, ann)
-    spans = np.stack([ann[j < len(txt)] + 1, txt[j[j < len(txt)]]], 1)
+    j = np.searchsorted(txt, ann)  # the first <|text|> after each <|ann|>
+    ok = j < len(txt)
+    spans = np.stack([ann[ok] + 1, txt[j[ok]]], 1)
     opening = sft_opening(rows, special)
     if opening_weight and not opening:
         raise UserError("opening_weight > 0 needs SFT responses that start alike (the format's opening line); "
