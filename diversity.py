@@ -28,9 +28,9 @@ from common import (UserError, atomic_write, check_device, check_out_dir, clean_
                     main_guard, read_jsonl, split_list, write_json, write_text)
 from embeddings import embed, load_embedder
 from formats import annotation_values, load_meta
-from metrics import (ci95, collapse_table, comparisons, content, entropy_bits, expected_entropy, matched_quality,
-                     narrowing, prompt_metrics, summarize)
-from report import headline_sentence, jsonable, narrowing_sentence, plot_png, render_md
+from metrics import (ci95, collapse_table, comparisons, content, difference, entropy_bits, expected_entropy,
+                     matched_quality, narrowing, prompt_metrics, summarize)
+from report import headline_sentence, includes, jsonable, narrowing_sentence, plot_png, render_md
 
 # -----------------------------------------------------------------------------
 samples = ''  # comma-separated arm=path pairs, e.g. 'base=out/base.jsonl,sft=out/sft.jsonl'
@@ -156,27 +156,55 @@ def cached_embeddings(model, texts, kind):
     return e
 
 
-def train_judge(emb, labels, rng):
-    """Logistic regression: embedding -> value of one key. Returns (classifier or None, stats)."""
+JUDGES = {'': 'embedding', 'bow_': 'bag of words'}  # metric-name prefix -> judge: the first keeps the plain names
+
+
+def judge_split(n, test_frac, rng):
+    """(test, train) ids of n labeled documents; both judges of a key share it, so that their
+    accuracies are of the same documents."""
+    order = rng.permutation(n)
+    n_test = max(1, int(round(n * test_frac)))
+    return order[:n_test], order[n_test:]
+
+
+def embedding_classifier():
     from sklearn.linear_model import LogisticRegression
+    return LogisticRegression(max_iter=1000)
+
+
+def bow_classifier():
+    """TF-IDF of the words, then a logistic regression: a judge of another kind than the embedding one,
+    reading the words themselves, so that a topic figure that holds under both is not the embedder's."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    return make_pipeline(TfidfVectorizer(sublinear_tf=True), LogisticRegression(max_iter=1000))
+
+
+def train_judge(make, inputs, labels, split):
+    """A classifier (make()) from inputs (embeddings, or texts as an object array) to the value of one
+    key, fit on the train ids of split and tested on its test ids. Returns (classifier or None, stats)."""
     y = np.asarray(labels)
-    order = rng.permutation(len(y))
-    n_test = max(1, int(round(len(y) * judge_test_frac)))
-    test, train = order[:n_test], order[n_test:]
+    test, train = split
     stats = dict(docs=len(y), train_docs=len(train), test_docs=len(test), classes=len(set(labels)))
     if len(set(y[train])) < 2:
         return None, stats
-    clf = LogisticRegression(max_iter=1000).fit(emb[train], y[train])
+    clf = make().fit(inputs[train], y[train])
     majority = Counter(y[train]).most_common(1)[0][0]
-    stats.update(accuracy=float((clf.predict(emb[test]) == y[test]).mean()),
+    stats.update(accuracy=float((clf.predict(inputs[test]) == y[test]).mean()),
                  majority_class=str(majority), majority_baseline=float((y[test] == majority).mean()))
     return clf, stats
+
+
+def judge_inputs(emb, texts):
+    """What each judge reads, by prefix: the embeddings of the texts, or the texts themselves."""
+    return {'': emb, 'bow_': np.array(texts, dtype=object)}
 
 
 # -----------------------------------------------------------------------------
 # the headline
 
-def headline(comp, narrow, heads, anchored, controls):
+def headline(comp, narrow, heads, anchored, controls, base_arm, control_arms, anchored_arms):
     """The headline sentences: the first anchored arm against each control on each headline metric,
     then the topic narrowing of the controls and the anchored arm. Caveats included."""
     if not anchored or not controls:
@@ -188,21 +216,80 @@ def headline(comp, narrow, heads, anchored, controls):
     return out
 
 
+def verdict(fig):
+    """The sign of a difference and whether its CI excludes 0: what a reader takes from it."""
+    sign = '+' if fig['value'] > 0 else '-' if fig['value'] < 0 else '0'
+    return f"{sign}, CI {'includes' if includes(fig['ci']) else 'excludes'} 0"
+
+
+def judge_verdicts(st, arm, controls, pairs):
+    """For the headline arm against each control, on each topic figure (pairs: (the embedding judge's
+    metric, the bag-of-words judge's)): the difference under each judge and whether their verdicts
+    agree: a topic finding that holds only under one judge is the judge's, not the models'."""
+    out = []
+    for c in controls:
+        for m, b in pairs:
+            e, w = st.figure(difference, m, c, arm), st.figure(difference, b, c, arm)
+            out.append(dict(control=c, metric=m, bow_metric=b, embedding=e, bow=w,
+                            same=verdict(e) == verdict(w), verdicts=[verdict(e), verdict(w)]))
+    return out
+
+
+def share_differences(st, arm, controls, metrics):
+    """sft_share(arm) - sft_share(control) for each share metric (each judge's): the topic narrowing
+    of the headline arm against each control, beside the diversity differences."""
+    return {m: {c: st.figure(difference, m, c, arm) for c in controls} for m in metrics if m in st.point[arm]}
+
+
+def bow_twin(metric):
+    """The bag-of-words judge's name of a topic figure ('entropy_topic' -> 'bow_entropy_topic')."""
+    return 'bow_' + metric
+
+
+def topic_pairs(heads, point):
+    """(embedding judge's, bag-of-words judge's) names of the headline's topic figures that both judges made."""
+    pairs = [(m, bow_twin(m)) for m in heads if m.startswith('entropy_')] + [('sft_share', bow_twin('sft_share'))]
+    return [(m, b) for m, b in pairs if m in point and b in point]
+
+
+def headline_figures(st, comp, heads, anchored, controls, names):
+    """The headline block of report.json: the headline metrics, topic narrowing under each judge, the
+    headline arm's narrowing against each control, the two judges' verdicts and the sentences.
+    names: (base_arm, control_arms, anchored_arms) as configured, for the sentence of a missing arm."""
+    base = names[0]
+    narrow = narrowing(st, base)
+    hl = dict(metrics=heads, arm=anchored[0] if anchored else None, controls=controls, narrowing=narrow,
+              bow_narrowing=narrowing(st, base, bow_twin('sft_share'), bow_twin('sft_share')),
+              sentences=headline(comp, narrow, heads, anchored, controls, *names))
+    if anchored and controls:
+        a = anchored[0]
+        hl.update(share_diff=share_differences(st, a, controls, ['sft_share', bow_twin('sft_share')]),
+                  judge_verdicts=judge_verdicts(st, a, controls, topic_pairs(heads, st.point[a])))
+    return hl
+
+
 # -----------------------------------------------------------------------------
 
-def build_judges(model, heldout, cat_keys, rng, notes):
-    """One judge per categorical key, on a capped random subset of the held-out docs."""
-    docs = [heldout[i] for i in sorted(rng.permutation(len(heldout))[:judge_max_docs])]
-    emb = cached_embeddings(model, [d['text'] for d in docs], 'heldout')
-    judges, stats = {}, {}
+def build_judges(model, heldout, cat_keys, test_frac, max_docs, rng, notes):
+    """Both judges (JUDGES) of every categorical key, on a capped random subset of the held-out docs,
+    with the same train/test split: ({prefix: {key: classifier}}, {prefix: {key: stats}})."""
+    docs = [heldout[i] for i in sorted(rng.permutation(len(heldout))[:max_docs])]
+    texts = [d['text'] for d in docs]
+    inputs = judge_inputs(cached_embeddings(model, texts, 'heldout'), texts)
+    judges, stats = {p: {} for p in JUDGES}, {p: {} for p in JUDGES}
+    make = {'': embedding_classifier, 'bow_': bow_classifier}
     for k in cat_keys:
         has = [(i, v) for i, d in enumerate(docs) if (v := annotation_values(d.get('annotation')).get(k))]
-        clf, stats[k] = train_judge(emb[[i for i, _ in has]], [v for _, v in has], rng) if len(has) >= 2 \
-            else (None, dict(docs=len(has), train_docs=0, test_docs=0, classes=len({v for _, v in has})))
-        if clf is None:
-            notes.append(f"no judge for '{k}': fewer than 2 values in the held-out docs; entropy_{k} skipped")
-        else:
-            judges[k] = clf
+        ids, vals = [i for i, _ in has], [v for _, v in has]
+        split = judge_split(len(has), test_frac, rng) if len(has) >= 2 else None
+        for p in JUDGES:
+            clf, stats[p][k] = train_judge(make[p], inputs[p][ids], vals, split) if split is not None \
+                else (None, dict(docs=len(has), train_docs=0, test_docs=0, classes=len(set(vals))))
+            if clf is None:
+                notes.append(f"no {JUDGES[p]} judge for '{k}': fewer than 2 values in the held-out docs; "
+                             f"{p}entropy_{k} skipped")
+            else:
+                judges[p][k] = clf
     return judges, stats
 
 
@@ -245,18 +332,25 @@ def sample_embeddings(model, rows, opening):
 
 
 def replicate_metrics(model, judges, ref, rows, pids):
-    """One samples file: {metric: (P,) per-prompt values}, the judge's labels of every sample and
-    the most common number of samples per prompt."""
+    """One samples file: {metric: (P,) per-prompt values}, every judge's labels of every sample
+    ({prefix: {key: labels}}) and the most common number of samples per prompt."""
     emb = sample_embeddings(model, rows, ref['opening'])
-    labels = {k: clf.predict(emb) for k, clf in judges.items()}
+    inputs = judge_inputs(emb, [content(r['text'], ref['opening']) for r in rows])
+    labels = {p: {k: clf.predict(inputs[p]) for k, clf in js.items()} for p, js in judges.items()}
     annotated = any((r['annotation'] or '').strip() for r in rows)
     by_prompt = {}
     for i, r in enumerate(rows):
         by_prompt.setdefault(r['prompt_id'], []).append(i)
-    per = [prompt_metrics([rows[i] for i in ix], emb[ix], {k: list(v[ix]) for k, v in labels.items()}, ref, annotated)
+    per = [prompt_metrics([rows[i] for i in ix], emb[ix], {p: {k: list(v[ix]) for k, v in js.items()}
+                                                          for p, js in labels.items()}, ref, annotated)
            for ix in (by_prompt[p] for p in pids)]
     n = Counter(len(v) for v in by_prompt.values()).most_common(1)[0][0]
     return {m: np.array([d[m] for d in per]) for m in per[0]}, labels, n
+
+
+def label_shares(labels, total):
+    """{key: {label: share of the samples}}, most common first."""
+    return {k: {str(v): c / total for v, c in Counter(lab).most_common()} for k, lab in labels.items()}
 
 
 def measure_arms(model, judges, ref, data, paths, prior):
@@ -266,13 +360,14 @@ def measure_arms(model, judges, ref, data, paths, prior):
     for arm, reps in data.items():
         per_rep = [replicate_metrics(model, judges, ref, rows, pids) for rows in reps]
         table[arm] = {m: np.stack([t[m] for t, _, _ in per_rep]) for m in per_rep[0][0]}
-        # the judge's label distribution over all samples of the arm, most common first
-        labels = {k: np.concatenate([lab[k] for _, lab, _ in per_rep]) for k in judges}
         total = sum(map(len, reps))
-        dist = {k: {str(v): c / total for v, c in Counter(lab).most_common()} for k, lab in labels.items()}
+        # each judge's label distribution over all samples of the arm, most common first
+        dist = {p: label_shares({k: np.concatenate([lab[p][k] for _, lab, _ in per_rep]) for k in js}, total)
+                for p, js in judges.items()}
         annotated = any((r['annotation'] or '').strip() for rows in reps for r in rows)
         arms[arm] = dict(paths=paths[arm], replicates=len(reps), samples=total,
-                         samples_per_prompt=total / len(reps) / len(pids), annotated=annotated, labels=dist)
+                         samples_per_prompt=total / len(reps) / len(pids), annotated=annotated, labels=dist[''],
+                         **{f'{p}labels': d for p, d in dist.items() if p})
         if annotated:  # the corpus entropy at this arm's (most common) number of samples per prompt
             n = per_rep[0][2]
             for k in ref['cat_keys']:
@@ -302,7 +397,7 @@ def main():
     if embed_only:
         return embed_samples(data, meta)
     cat_keys = list(meta['categorical_keys'])
-    known = [f'entropy_{k}' for k in cat_keys] + list(BASE_DIVERSITY)
+    known = [f'{p}entropy_{k}' for p in JUDGES for k in cat_keys] + list(BASE_DIVERSITY)
     heads = asked or list(dict.fromkeys([known[0], 'dissimilarity']))
     bad = [h for h in heads if h not in known]
     if bad:
@@ -311,8 +406,10 @@ def main():
     controls = [c for c in split_list(control_arms) if c in data] if base_arm in data else []
     rng, notes = np.random.default_rng(seed), []
     model = load_embedder(embedder, device)
-    judges, judge_stats = build_judges(model, heldout, cat_keys, rng, notes)
-    div_metrics = [f'entropy_{k}' for k in judges] + list(BASE_DIVERSITY)
+    judges, judge_stats = build_judges(model, heldout, cat_keys, judge_test_frac, judge_max_docs, rng, notes)
+    # the bag-of-words judge's entropies last: the embedding judge's figures keep their places
+    div_metrics = [f'entropy_{k}' for k in judges['']] + list(BASE_DIVERSITY) + [
+        f'{p}entropy_{k}' for p, js in judges.items() if p for k in js]
     missing = [h for h in heads if h not in div_metrics]
     if missing:
         if headline_metrics:
@@ -325,12 +422,11 @@ def main():
         arms[a]['metrics'] = {m: dict(mean=st.point[a][m], ci=ci95(st.boot[a][m]),
                                       seeds=[float(v) for v in st.seeds[a][m]]) for m in st.point[a]}
     comp = comparisons(st, div_metrics, base_arm, anchored, controls)
-    narrow = narrowing(st, base_arm)
     frontier = matched_quality(st, heads, anchored, controls)
-    hl = dict(metrics=heads, arm=anchored[0] if anchored else None, controls=controls, narrowing=narrow,
-              sentences=headline(comp, narrow, heads, anchored, controls))
+    hl = headline_figures(st, comp, heads, anchored, controls, (base_arm, control_arms, anchored_arms))
     rep = dict(prompts=n_prompts, headline=hl, arms=arms, collapse=collapse_table(st, div_metrics, base_arm, notes),
-               comparisons=comp, matched_quality=frontier, judge=judge_stats, prior=prior, cat_keys=ref['cat_keys'],
+               comparisons=comp, matched_quality=frontier, judge=judge_stats[''],
+               bow_judge=judge_stats['bow_'], prior=prior, cat_keys=ref['cat_keys'],
                sft_key=ref['sft_key'], sft_values=sorted(ref['sft_values']), notes=notes, environment=environment(),
                config=dict(config, anchored=anchored, controls=controls))
     md = render_md(rep, div_metrics, heads)

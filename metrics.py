@@ -159,33 +159,57 @@ def expected_entropy(counts, n, rng, reps=2000):
         return float(np.nansum(-c * np.log2(c), axis=1).mean()) + 0.0
 
 
+def share(flags):
+    """The share of true flags; NaN for none (no samples to count), without numpy's warning."""
+    return float(np.mean(flags)) if len(flags) else math.nan
+
+
+def judge_figures(judged, ref, prefix, vals=None):
+    """The figures of one judge's labels ({key: labels}) of some samples, names led by prefix ('' for
+    the embedding judge, 'bow_' for the bag-of-words one): the labels' entropy per key, the share in
+    the SFT set's values, and with vals ({key: the sampled annotation values}) fidelity per key."""
+    m = {f'{prefix}entropy_{k}': entropy_bits(lab) for k, lab in judged.items()}
+    if ref['sft_key'] in judged:  # did SFT narrow the topics? the share judged to be the SFT set's
+        m[f'{prefix}sft_share'] = share([j in ref['sft_values'] for j in judged[ref['sft_key']]])
+    for k, v in (vals or {}).items():
+        if k in judged:  # does the text follow its annotation?
+            m[f'{prefix}fidelity_{k}'] = share([j == x for j, x in zip(judged[k], v)])
+    return m
+
+
+def agreement(judged):
+    """judges_agree_<k>: share of samples that every judge of key k gives the same label."""
+    keys = set.intersection(*(set(js) for js in judged.values())) if len(judged) > 1 else set()
+    return {f'judges_agree_{k}': share([len(set(ls)) == 1 for ls in zip(*(js[k] for js in judged.values()))])
+            for k in sorted(keys)}
+
+
 def prompt_metrics(rows, emb, judged, ref, annotated):
-    """Every metric of one prompt's samples. emb, judged ({key: judge labels}): of the samples'
-    content (without the format line). ref: what the corpus says, a dict with opening (the SFT
-    format's first line), cat_keys, known ({key: the corpus's values}), words (the corpus's words),
-    sft_key and sft_values (the SFT set's slice), prior_h(k, n) (entropy of n corpus draws of key k).
-    annotated: the arm sampled annotations."""
+    """Every metric of one prompt's samples. emb, judged ({judge prefix: {key: labels}}, '' the
+    embedding judge, 'bow_' the bag-of-words one): of the samples' content (without the format line).
+    ref: what the corpus says, a dict with opening (the SFT format's first line), cat_keys, known
+    ({key: the corpus's values}), words (the corpus's words), sft_key and sft_values (the SFT set's
+    slice), prior_h(k, n) (entropy of n corpus draws of key k). annotated: the arm sampled annotations."""
     raw = [r['text'] for r in rows]
     texts = [content(t, ref['opening']) for t in raw]  # emb and judged are of these, too
-    m = {f'entropy_{k}': entropy_bits(lab) for k, lab in judged.items()}
-    m.update(dissimilarity=dissimilarity(emb), vendi=vendi(emb), distinct2=distinct_n(texts),
+    m = dict(dissimilarity=dissimilarity(emb), vendi=vendi(emb), distinct2=distinct_n(texts),
              gzip=gzip_diversity(texts))
     fmt = np.array([t.lstrip().startswith(ref['opening']) for t in raw])
     fin = np.array([r['finished'] for r in rows])
     m.update(format_rate=fmt.mean(), finish_rate=fin.mean(), quality=(fmt & fin).mean(),
              mean_tokens=np.mean([r['tokens'] for r in rows]), fluency=fluency(texts, ref['words']))
-    if ref['sft_key'] in judged:  # did SFT narrow the topics? the share judged to be the SFT set's
-        m['sft_share'] = np.mean([j in ref['sft_values'] for j in judged[ref['sft_key']]])
+    vals = None
     if annotated:
         anns = [annotation_values(r['annotation']) for r in rows]
-        for k in ref['cat_keys']:
-            vals = [a.get(k, '') for a in anns]  # a missing key counts as its own value ''
-            m[f'ann_entropy_{k}'] = entropy_bits(vals)
+        vals = {k: [a.get(k, '') for a in anns] for k in ref['cat_keys']}  # a missing key counts as its own value ''
+        for k, v in vals.items():
+            m[f'ann_entropy_{k}'] = entropy_bits(v)
             m[f'prior_kept_{k}'] = _div(m[f'ann_entropy_{k}'], ref['prior_h'](k, len(rows)))
             # malformed values also add entropy: how many sampled values are real labels at all
-            m[f'ann_valid_{k}'] = np.mean([v in ref['known'][k] for v in vals])
-            if k in judged:  # does the text follow its annotation?
-                m[f'fidelity_{k}'] = np.mean([j == v for j, v in zip(judged[k], vals)])
+            m[f'ann_valid_{k}'] = np.mean([x in ref['known'][k] for x in v])
+    for p, js in judged.items():
+        m.update(judge_figures(js, ref, p, vals))
+    m.update(agreement(judged))
     return {k: float(v) for k, v in m.items()}
 
 
@@ -214,7 +238,11 @@ class Stats(namedtuple('Stats', 'point boot seeds')):
 
     def figure(self, fn, metric, *arms):
         """fn of the arms' means of one metric: its value, 95% CI and per-replicate values."""
-        pick = lambda d: [d[a][metric] for a in arms]
+        return self.figure_of(fn, *((a, metric) for a in arms))
+
+    def figure_of(self, fn, *cells):
+        """fn of the means of (arm, metric) cells, e.g. q_sft_share of an arm against sft_share of base."""
+        pick = lambda d: [d[a][m] for a, m in cells]
         return derived(fn, pick(self.point), pick(self.boot), pick(self.seeds))
 
 
@@ -246,12 +274,15 @@ def comparisons(st, metrics, base_arm, anchored, controls):
                 for a in anchored} for m in metrics}
 
 
-def narrowing(st, base_arm):
+def narrowing(st, base_arm, metric='sft_share', base_metric='sft_share'):
     """Topic narrowing = sft_share(arm) - sft_share(base): how far an arm's samples moved toward the
     SFT set's own topics. Label entropy can miss it where the base model's topics are skewed (moving
-    mass toward the SFT topics can even them out); the share of the SFT topics cannot."""
-    return {a: st.figure(difference, 'sft_share', base_arm, a) for a in st.point
-            if a != base_arm and 'sft_share' in st.point[a] and 'sft_share' in st.point.get(base_arm, {})}
+    mass toward the SFT topics can even them out); the share of the SFT topics cannot. metric: the
+    arm's share (bow_sft_share: the other judge's; q_sft_share: of its good samples only), read
+    against base's base_metric (base never writes the format: its share of all samples)."""
+    base = st.point.get(base_arm, {})
+    return {a: st.figure_of(difference, (base_arm, base_metric), (a, metric)) for a in st.point
+            if a != base_arm and metric in st.point[a] and base_metric in base}
 
 
 def sweeps(arms):

@@ -129,8 +129,8 @@ def cell(d, f=fmt):
 def competence_rows(rep):
     """One row per arm of the figures that say whether its diversity numbers mean anything."""
     keys, sft_key = rep['cat_keys'], rep['sft_key']
-    cols = ['fluency', 'format_rate', 'quality', 'sft_share'] + [f'{m}_{k}' for k in keys[:1]
-                                                                 for m in ('ann_valid', 'prior_kept', 'fidelity')]
+    cols = ['fluency', 'format_rate', 'quality', 'sft_share', 'bow_sft_share'] + [
+        f'{m}_{k}' for k in keys[:1] for m in ('ann_valid', 'prior_kept', 'fidelity', 'bow_fidelity', 'judges_agree')]
     form = {c: fmt2 if c.startswith('prior_kept_') else pct for c in cols}  # prior kept is a ratio
     rows = []
     for a, r in rep['arms'].items():
@@ -139,8 +139,9 @@ def competence_rows(rep):
         labels = r.get('labels', {}).get(sft_key) or {}
         top = ', '.join(f"{v} {pct(p)}" for v, p in list(labels.items())[:3])
         rows.append(f"| {a} | {' | '.join(cells)} | {top or '-'} |")
-    names = ['fluency', 'format', 'quality', f'sft_share ({sft_key})'] + [
-        f'{m} {k}' for k in keys[:1] for m in ('valid', 'prior kept', 'fidelity')]
+    names = ['fluency', 'format', 'quality', f'sft_share ({sft_key})', 'sft_share, bow judge'] + [
+        f'{m} {k}' for k in keys[:1] for m in ('valid', 'prior kept', 'fidelity', 'fidelity, bow judge',
+                                                'judges agree')]
     return ([f"| arm | {' | '.join(names)} | judge's {sft_key} labels (top 3) |", '|---' * (len(names) + 2) + '|']
             + rows)
 
@@ -159,6 +160,36 @@ def header_lines(rep):
             f"{env.get('gpu') or env.get('cpu')} ({env.get('cores')} cores), {env.get('platform')}.", '']
 
 
+def headline_metrics(hl, comp):
+    """The headline table's metrics: each headline metric, and beside a topic entropy the bag-of-words
+    judge's twin of it where there is one."""
+    return [x for m in hl['metrics'] for x in (m, 'bow_' + m) if x == m or (m.startswith('entropy_') and x in comp)]
+
+
+def narrowing_lines(hl):
+    """Topic narrowing of every arm under both judges."""
+    L = ['', "Topic narrowing = sft_share(arm) - sft_share(base), how far SFT pulled an arm's samples toward "
+         "the SFT set's own topics, under the embedding judge and the bag-of-words judge:", '',
+         '| arm | topic narrowing | per seed | bow judge | per seed |', '|---|---|---|---|---|']
+    bow = hl.get('bow_narrowing') or {}
+    return L + [f"| {a} | {with_ci(n, pts)} | {per_seed(n, pts)} | {with_ci(bow.get(a), pts)} | "
+                f"{per_seed(bow.get(a), pts)} |" for a, n in hl['narrowing'].items()]
+
+
+def verdict_lines(hl):
+    """Whether the two judges agree on the headline arm's topic verdicts (sign, CI excludes 0)."""
+    vs = hl.get('judge_verdicts') or []
+    if not vs:
+        return []
+    L = ['', "The topic verdicts under both judges (the sign of the difference and whether its CI excludes 0):", '',
+         '| control | figure | embedding judge | bag-of-words judge | same verdict |', '|---|---|---|---|---|']
+    f = lambda m: pts if 'sft_share' in m else signed
+    L += [f"| {v['control']} | {hl['arm']} - control, {v['metric']} | {with_ci(v['embedding'], f(v['metric']))} "
+          f"({v['verdicts'][0]}) | {with_ci(v['bow'], f(v['metric']))} ({v['verdicts'][1]}) | "
+          f"{'yes' if v['same'] else '**no**'} |" for v in vs]
+    return L
+
+
 def headline_lines(rep):
     """The headline: sentences, then every anchored arm against every control, then narrowing."""
     hl, comp = rep['headline'], rep['comparisons']
@@ -166,16 +197,17 @@ def headline_lines(rep):
     if hl['controls']:
         L += ['', '| arm | control | metric | difference | gap closed | collapse ratio | difference per seed |',
               '|---|---|---|---|---|---|---|']
-        for m in hl['metrics']:
+        for m in headline_metrics(hl, comp):
             for a, per in comp[m].items():
                 for c, f in per.items():
                     L.append(f"| {a} | {c} | {m} | {with_ci(f['diff'], signed)} | {with_ci(f['gap'], pct)} | "
                              f"{with_ci(f['ratio'], fmt2)} | {per_seed(f['diff'], signed)} |")
+        for m, per in (hl.get('share_diff') or {}).items():
+            L += [f"| {hl['arm']} | {c} | topic narrowing, {m}(arm) - {m}(control) | {with_ci(f, pts)} | - | - | "
+                  f"{per_seed(f, pts)} |" for c, f in per.items()]
     if hl['narrowing']:
-        L += ['', "Topic narrowing = sft_share(arm) - sft_share(base), how far SFT pulled an arm's samples toward "
-              "the SFT set's own topics:", '', '| arm | topic narrowing | per seed |', '|---|---|---|']
-        L += [f"| {a} | {with_ci(n, pts)} | {per_seed(n, pts)} |" for a, n in hl['narrowing'].items()]
-    return L + ['']
+        L += narrowing_lines(hl)
+    return L + verdict_lines(hl) + ['']
 
 
 def collapse_lines(rep, heads):
@@ -231,6 +263,19 @@ def annotation_lines(rep):
             'distribution (1 = as diverse as the pretraining prior; n samples cap entropy at log2 n).', ''] + L + ['']
 
 
+def judge_lines(rep):
+    """Each judge's accuracy on held-out documents, one row per judge and key (the same split)."""
+    L = ['## Judges (trained and tested on held-out corpus documents, never on model samples)', '',
+         'Two judges of another kind, on the same train/test split: a logistic regression on sentence embeddings '
+         '(its figures keep the plain names) and one on TF-IDF word counts (bag of words, figures named bow_...).',
+         '', '| judge | key | classes | train docs | test docs | accuracy | majority baseline |',
+         '|---|---|---|---|---|---|---|']
+    for name, stats in (('embedding', rep['judge']), ('bag of words', rep.get('bow_judge') or {})):
+        L += [f"| {name} | {k} | {j['classes']} | {j['train_docs']} | {j['test_docs']} | {fmt(j.get('accuracy'))} | "
+              f"{fmt(j.get('majority_baseline'))} ({j.get('majority_class', 'n/a')}) |" for k, j in stats.items()]
+    return L
+
+
 def render_md(rep, div_metrics, heads):
     """report.md: headline, competence, diversity per arm, collapse, judge, annotation details."""
     L = header_lines(rep) + headline_lines(rep)
@@ -247,11 +292,7 @@ def render_md(rep, div_metrics, heads):
                  else fmt(r['metrics'][m]['mean']) for m in cols]
         L.append(f"| {a} | {r['samples_per_prompt']:g} | {' | '.join(cells)} |")
     L += [''] + (collapse_lines(rep, heads) if rep['collapse'] else []) + frontier_lines(rep)
-    L += ['## Judge (trained and tested on held-out corpus documents, never on model samples)', '',
-          '| key | classes | train docs | test docs | accuracy | majority baseline |', '|---|---|---|---|---|---|']
-    for k, j in rep['judge'].items():
-        L.append(f"| {k} | {j['classes']} | {j['train_docs']} | {j['test_docs']} | {fmt(j.get('accuracy'))} | "
-                 f"{fmt(j.get('majority_baseline'))} ({j.get('majority_class', 'n/a')}) |")
+    L += judge_lines(rep)
     L += [''] + annotation_lines(rep)
     if rep['notes']:
         L += ['## Notes', ''] + [f'- {n}' for n in rep['notes']]

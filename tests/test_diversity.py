@@ -281,7 +281,7 @@ def test_end_to_end(tmp_path, data_dir):
     assert r.returncode == 0, r.stderr
     out = tmp_path / 'report'
     md = (out / 'report.md').read_text()
-    assert '| arm | samples/prompt | entropy_topic | dissimilarity | vendi | distinct2 | gzip |' in md
+    assert "| arm | samples/prompt | entropy_topic | dissimilarity | vendi | distinct2 | gzip | bow_entropy_topic |" in md
     assert 'anchored vs sft on entropy_topic: difference +' in md and 'replicates (training seeds) per arm' in md
     rep = json.loads((out / 'report.json').read_text())
     m = rep['arms']
@@ -291,7 +291,18 @@ def test_end_to_end(tmp_path, data_dir):
     sh = m['sft']['metrics']['sft_share']
     assert len(sh['seeds']) == 2 and sh['mean'] == pytest.approx(np.mean(sh['seeds']))
     # distinctive words: the judge should separate the 3 topics, and base is more diverse than sft
-    assert rep['judge']['topic']['accuracy'] >= 0.8
+    assert rep['judge']['topic']['accuracy'] >= 0.8 and rep['bow_judge']['topic']['accuracy'] >= 0.8
+    assert rep['bow_judge']['topic']['test_docs'] == rep['judge']['topic']['test_docs']  # the same split
+    assert m['base']['metrics']['judges_agree_topic']['mean'] > 0.8
+    assert m['anchored']['metrics']['bow_fidelity_topic']['mean'] > 0.8
+    assert '| bag of words | topic |' in md and '| embedding | topic |' in md
+    v = rep['headline']['judge_verdicts']
+    assert [x['metric'] for x in v] == ['entropy_topic', 'sft_share'] and all(x['same'] for x in v)
+    sd = rep['headline']['share_diff']['sft_share']['sft']
+    assert sd['value'] == pytest.approx(m['anchored']['metrics']['sft_share']['mean']
+                                        - m['sft']['metrics']['sft_share']['mean'])
+    assert rep['headline']['bow_narrowing']['sft']['value'] == pytest.approx(
+        m['sft']['metrics']['bow_sft_share']['mean'] - m['base']['metrics']['bow_sft_share']['mean'])
     assert m['base']['metrics']['entropy_topic']['mean'] > m['sft']['metrics']['entropy_topic']['mean']
     assert 'fidelity_topic' in m['anchored']['metrics'] and 'ann_entropy_topic' not in m['sft']['metrics']
     c = rep['comparisons']['entropy_topic']['anchored']['sft']
@@ -338,7 +349,8 @@ def test_prompt_metrics_annotation_fields_worked_example():
     emb = np.eye(4)
     ref = dict(opening='Sure!', cat_keys=['topic'], known={'topic': {'A', 'B', 'C'}}, words={'sure', 'word'},
                sft_key='topic', sft_values={'A'}, prior_h=lambda k, n: 2.0)
-    m = dv.prompt_metrics(rows, emb, {'topic': ['A', 'B', 'B', 'B']}, ref, annotated=True)
+    m = dv.prompt_metrics(rows, emb, {'': {'topic': ['A', 'B', 'B', 'B']}, 'bow_': {'topic': ['A', 'A', 'B', 'C']}},
+                          ref, annotated=True)
     assert m['ann_entropy_topic'] == pytest.approx(1.5)  # (1/2, 1/4, 1/4)
     assert m['prior_kept_topic'] == pytest.approx(0.75)  # 1.5 / 2.0
     assert m['ann_valid_topic'] == pytest.approx(0.75)  # 'Zq' is no corpus label
@@ -347,8 +359,29 @@ def test_prompt_metrics_annotation_fields_worked_example():
     assert m['fluency'] == pytest.approx(4 / 8)  # the content's words: 't' (unknown) and 'word' per sample
     assert m['format_rate'] == 1.0 and m['finish_rate'] == pytest.approx(0.75)
     assert m['entropy_topic'] == pytest.approx(-(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75)))
-    plain = dv.prompt_metrics(rows, emb, {'topic': ['A', 'B', 'B', 'B']}, ref, annotated=False)
-    assert 'ann_valid_topic' not in plain and 'fidelity_topic' not in plain
+    # the bag-of-words judge says A, A, B, C: its figures carry the prefix, the embedding judge's keep their names
+    assert m['bow_fidelity_topic'] == pytest.approx(0.75)  # A=A, A=A, B=B, Zq!=C
+    assert m['bow_sft_share'] == pytest.approx(0.5) and m['bow_entropy_topic'] == pytest.approx(1.5)
+    assert m['judges_agree_topic'] == pytest.approx(0.5)  # A=A, B!=A, B=B, B!=C
+    plain = dv.prompt_metrics(rows, emb, {'': {'topic': ['A', 'B', 'B', 'B']}}, ref, annotated=False)
+    assert 'ann_valid_topic' not in plain and 'fidelity_topic' not in plain and 'judges_agree_topic' not in plain
+
+
+def test_both_judges_learn_known_topics():
+    """Three topics of distinctive words (WORDS): both judges, on one split, get every test document
+    right, and a document of one topic's words alone is given that topic by each."""
+    import diversity
+    rng = random.Random(5)
+    texts = [doc(t, rng) for t in WORDS for _ in range(12)]
+    labels = [t for t in WORDS for _ in range(12)]
+    split = diversity.judge_split(len(texts), 0.25, np.random.default_rng(0))
+    assert len(split[0]) == 9 and sorted(np.concatenate(split)) == list(range(36))
+    inputs = np.array(texts, dtype=object)
+    clf, stats = diversity.train_judge(diversity.bow_classifier, inputs, labels, split)
+    assert stats['accuracy'] == 1.0 and stats['test_docs'] == 9 and stats['classes'] == 3
+    assert list(clf.predict(np.array(['telescope orbit comet planet'], dtype=object))) == ['Astronomy']
+    one_value = diversity.train_judge(diversity.bow_classifier, inputs, ['Cooking'] * 36, split)
+    assert one_value[0] is None and 'accuracy' not in one_value[1]
 
 
 def test_content_drops_only_the_format_line():
