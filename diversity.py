@@ -252,6 +252,20 @@ def topic_pairs(heads, point):
     return [(m, b) for m, b in pairs if m in point and b in point]
 
 
+def conditioned_figures(st, base, arm, controls, metrics):
+    """Figures on the samples in format and finished only (q_<metric>) beside all samples: every arm's
+    topic narrowing under each judge, q_sft_share(arm) - sft_share(base) (base never writes the format,
+    so its share of all samples is the reference), and the headline arm minus each control on each
+    metric (all samples, good samples). metrics: the all-sample names whose q_ twins were measured."""
+    share = [m for m in ('sft_share', bow_twin('sft_share')) if any('q_' + m in p for p in st.point.values())]
+    out = dict(metrics=metrics, narrowing={m: dict(all=narrowing(st, base, m, m), good=narrowing(st, base, 'q_' + m, m))
+                                           for m in share})
+    if arm and controls:
+        out['diff'] = {m: {c: dict(all=st.figure(difference, m, c, arm), good=st.figure(difference, 'q_' + m, c, arm))
+                           for c in controls} for m in share + metrics}
+    return out
+
+
 def headline_figures(st, comp, heads, anchored, controls, names):
     """The headline block of report.json: the headline metrics, topic narrowing under each judge, the
     headline arm's narrowing against each control, the two judges' verdicts and the sentences.
@@ -424,9 +438,11 @@ def main():
     comp = comparisons(st, div_metrics, base_arm, anchored, controls)
     frontier = matched_quality(st, heads, anchored, controls)
     hl = headline_figures(st, comp, heads, anchored, controls, (base_arm, control_arms, anchored_arms))
+    qm = [m for m in div_metrics if 'q_' + m in next(iter(st.point.values()))]
+    good = conditioned_figures(st, base_arm, hl['arm'], controls, qm)
     rep = dict(prompts=n_prompts, headline=hl, arms=arms, collapse=collapse_table(st, div_metrics, base_arm, notes),
                comparisons=comp, matched_quality=frontier, judge=judge_stats[''],
-               bow_judge=judge_stats['bow_'], prior=prior, cat_keys=ref['cat_keys'],
+               bow_judge=judge_stats['bow_'], quality_conditioned=good, prior=prior, cat_keys=ref['cat_keys'],
                sft_key=ref['sft_key'], sft_values=sorted(ref['sft_values']), notes=notes, environment=environment(),
                config=dict(config, anchored=anchored, controls=controls))
     md = render_md(rep, div_metrics, heads)

@@ -17,6 +17,7 @@ fluency (share of words the corpus knows), sft_share, valid annotation values, p
 """
 import gzip
 import math
+import warnings
 from collections import Counter, namedtuple
 
 import numpy as np
@@ -130,12 +131,20 @@ def bootstrap_draws(replicates, n_prompts, resamples, rng):
     return {r: (rng.integers(0, r, size=(resamples, r)), prompts[:, :r]) for r in sorted(set(replicates))}
 
 
+def nan_mean(values, axis=None):
+    """The mean of the cells that are not NaN (a prompt with too few samples for a figure gives NaN):
+    the same digits as .mean() where no cell is NaN; NaN where every cell is."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # 'Mean of empty slice': NaN is the answer
+        return np.nanmean(values, axis=axis)
+
+
 def bootstrap_means(values, draws):
     """values (R, P), one row per replicate and one column per prompt -> the (B,) bootstrap
-    resamples of their mean, with the draws of bootstrap_draws."""
+    resamples of their mean over the grid of drawn cells, with the draws of bootstrap_draws."""
     values = np.asarray(values, dtype=float)
     seeds, prompts = draws[len(values)]
-    return values[seeds[:, :, None], prompts].mean(axis=(1, 2))
+    return nan_mean(values[seeds[:, :, None], prompts], axis=(1, 2))
 
 
 def derived(fn, point, boot, seeds):
@@ -157,6 +166,19 @@ def expected_entropy(counts, n, rng, reps=2000):
     c = np.bincount(draws.ravel(), minlength=reps * len(p)).reshape(reps, len(p)) / n
     with np.errstate(divide='ignore', invalid='ignore'):
         return float(np.nansum(-c * np.log2(c), axis=1).mean()) + 0.0
+
+
+SPREAD = ('entropy_', 'dissimilarity', 'vendi', 'distinct2', 'gzip', 'prior_kept_')
+
+
+def needs(metric):
+    """How many samples a figure needs: a spread (how samples differ from each other) 2, a share 1."""
+    return 2 if any(s in metric for s in SPREAD) else 1
+
+
+def measurable(m, n):
+    """m with NaN where n samples are too few to say anything (needs); means over prompts skip them."""
+    return {k: (math.nan if n < needs(k) else v) for k, v in m.items()}
 
 
 def share(flags):
@@ -182,6 +204,20 @@ def agreement(judged):
     keys = set.intersection(*(set(js) for js in judged.values())) if len(judged) > 1 else set()
     return {f'judges_agree_{k}': share([len(set(ls)) == 1 for ls in zip(*(js[k] for js in judged.values()))])
             for k in sorted(keys)}
+
+
+def pick(items, mask):
+    return [x for x, keep in zip(items, mask) if keep]
+
+
+def quality_figures(emb, judged, ref, good):
+    """q_<figure>: the topic figures of every judge and the dissimilarity of the samples in format and
+    finished only (good: a mask), so that an arm that writes less of the format is not read as more
+    diverse for its broken samples; NaN where too few samples are good."""
+    sub = {p: {k: pick(lab, good) for k, lab in js.items()} for p, js in judged.items()}
+    m = {f'q_{k}': v for p, js in sub.items() for k, v in judge_figures(js, ref, p).items()}
+    m['q_dissimilarity'] = dissimilarity(np.asarray(emb)[np.asarray(good, dtype=bool)])
+    return measurable(m, int(np.sum(good)))
 
 
 def prompt_metrics(rows, emb, judged, ref, annotated):
@@ -210,6 +246,7 @@ def prompt_metrics(rows, emb, judged, ref, annotated):
     for p, js in judged.items():
         m.update(judge_figures(js, ref, p, vals))
     m.update(agreement(judged))
+    m.update(quality_figures(emb, judged, ref, fmt & fin))
     return {k: float(v) for k, v in m.items()}
 
 
@@ -221,15 +258,15 @@ def prompt_metrics(rows, emb, judged, ref, annotated):
 def summarize(table, bootstrap, seed):
     """table: {arm: {metric: (R, P) array}} -> Stats of every arm and metric: the mean over replicates
     and prompts, its `bootstrap` resamples (replicates, then prompts within each; paired across arms;
-    0: no CIs), and the mean of every replicate."""
+    0: no CIs), and the mean of every replicate. NaN cells (too few samples) are skipped."""
     rng = np.random.default_rng(seed)
     shapes = [next(iter(ms.values())).shape for ms in table.values()]
     draws = bootstrap_draws([r for r, _ in shapes], shapes[0][1], max(bootstrap, 1), rng)
     st = Stats({}, {}, {})
     for a, ms in table.items():
-        st.point[a] = {m: float(v.mean()) for m, v in ms.items()}
+        st.point[a] = {m: float(nan_mean(v)) for m, v in ms.items()}
         st.boot[a] = {m: bootstrap_means(v, draws) if bootstrap else np.full(1, math.nan) for m, v in ms.items()}
-        st.seeds[a] = {m: v.mean(axis=1) for m, v in ms.items()}
+        st.seeds[a] = {m: nan_mean(v, axis=1) for m, v in ms.items()}
     return st
 
 

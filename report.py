@@ -276,6 +276,37 @@ def judge_lines(rep):
     return L
 
 
+def quality_lines(rep):
+    """The figures on the good samples only (in format and finished) beside all samples."""
+    q = rep.get('quality_conditioned') or {}
+    if not q:
+        return []
+    arms, share = rep['arms'], list(q['narrowing'])
+    pair = lambda d, m, f: f"{f(d['metrics'][m]['mean'])} / {f(d['metrics']['q_' + m]['mean'])}"
+    L = ['## On the good samples only (in format and finished)', '',
+         "An arm that breaks the format more often is not more diverse for its broken samples: each figure on "
+         "all samples / on the samples in format and finished only (per prompt; a prompt with fewer than 2 good "
+         "samples, or none for a share, is left out of the mean). Topic narrowing on the good samples is "
+         "q_sft_share(arm) - sft_share(base): base never writes the format, so its share of all samples is the "
+         "reference.", '',
+         f"| arm | good samples | {' | '.join(f'narrowing {m}' for m in share)} | {' | '.join(q['metrics'])} |",
+         '|---' * (len(share) + len(q['metrics']) + 2) + '|']
+    for a, r in arms.items():
+        nar = [' / '.join(pts(q['narrowing'][m][k][a]['value']) if a in q['narrowing'][m][k] else '-'
+                          for k in ('all', 'good')) for m in share]
+        cells = nar + [pair(r, m, fmt) for m in q['metrics']]
+        L.append(f"| {a} | {pct(r['metrics']['quality']['mean'])} | {' | '.join(cells)} |")
+    diff = q.get('diff') or {}
+    if diff:
+        L += ['', f"{rep['headline']['arm']} minus each control, on all samples and on the good samples only:", '',
+              '| control | figure | all samples | good samples | good samples per seed |', '|---|---|---|---|---|']
+        for m, per in diff.items():
+            f = pts if 'sft_share' in m else signed
+            L += [f"| {c} | {m} | {with_ci(d['all'], f)} | {with_ci(d['good'], f)} | {per_seed(d['good'], f)} |"
+                  for c, d in per.items()]
+    return L + ['']
+
+
 def render_md(rep, div_metrics, heads):
     """report.md: headline, competence, diversity per arm, collapse, judge, annotation details."""
     L = header_lines(rep) + headline_lines(rep)
@@ -291,7 +322,7 @@ def render_md(rep, div_metrics, heads):
         cells = [f"{with_ci(r['metrics'][m])} {per_seed(r['metrics'][m])}".strip() if m in heads
                  else fmt(r['metrics'][m]['mean']) for m in cols]
         L.append(f"| {a} | {r['samples_per_prompt']:g} | {' | '.join(cells)} |")
-    L += [''] + (collapse_lines(rep, heads) if rep['collapse'] else []) + frontier_lines(rep)
+    L += [''] + quality_lines(rep) + (collapse_lines(rep, heads) if rep['collapse'] else []) + frontier_lines(rep)
     L += judge_lines(rep)
     L += [''] + annotation_lines(rep)
     if rep['notes']:

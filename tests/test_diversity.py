@@ -281,7 +281,8 @@ def test_end_to_end(tmp_path, data_dir):
     assert r.returncode == 0, r.stderr
     out = tmp_path / 'report'
     md = (out / 'report.md').read_text()
-    assert "| arm | samples/prompt | entropy_topic | dissimilarity | vendi | distinct2 | gzip | bow_entropy_topic |" in md
+    assert ('| arm | samples/prompt | entropy_topic | dissimilarity | vendi | distinct2 | gzip | bow_entropy_topic |'
+            in md)
     assert 'anchored vs sft on entropy_topic: difference +' in md and 'replicates (training seeds) per arm' in md
     rep = json.loads((out / 'report.json').read_text())
     m = rep['arms']
@@ -382,6 +383,46 @@ def test_both_judges_learn_known_topics():
     assert list(clf.predict(np.array(['telescope orbit comet planet'], dtype=object))) == ['Astronomy']
     one_value = diversity.train_judge(diversity.bow_classifier, inputs, ['Cooking'] * 36, split)
     assert one_value[0] is None and 'accuracy' not in one_value[1]
+
+
+def test_quality_conditioned_figures_worked_example():
+    """4 samples, the judge says A, A, B, B; samples 0 and 2 are good (in format and finished), 1 is
+    unfinished, 3 lacks the format line: on the good ones the labels are A, B (1 bit), the SFT set's {A}
+    has half of them and the embeddings of 0 and 2 are orthogonal (dissimilarity 1)."""
+    rows = [dict(text=('Sure!\n' if i != 3 else '') + f'w{i}', finished=i != 1, tokens=3, annotation=None)
+            for i in range(4)]
+    emb = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    ref = dict(opening='Sure!', cat_keys=['topic'], known={'topic': {'A', 'B'}}, words=set(), sft_key='topic',
+               sft_values={'A'}, prior_h=lambda k, n: 1.0)
+    judged = {'': {'topic': ['A', 'A', 'B', 'B']}, 'bow_': {'topic': ['A', 'B', 'A', 'A']}}
+    m = dv.prompt_metrics(rows, emb, judged, ref, annotated=False)
+    assert m['quality'] == 0.5 and m['sft_share'] == 0.5
+    assert m['q_entropy_topic'] == pytest.approx(1.0) and m['q_sft_share'] == 0.5
+    assert m['q_dissimilarity'] == pytest.approx(1.0)
+    assert m['q_bow_entropy_topic'] == 0.0 and m['q_bow_sft_share'] == 1.0  # bow: A, A on the good ones
+    # one good sample: a spread cannot be measured (NaN), a share can; none: neither
+    one = dv.prompt_metrics([dict(r, finished=i == 0) for i, r in enumerate(rows)], emb, judged, ref, False)
+    assert math.isnan(one['q_entropy_topic']) and math.isnan(one['q_dissimilarity']) and one['q_sft_share'] == 1.0
+    none = dv.prompt_metrics([dict(r, finished=False) for r in rows], emb, judged, ref, False)
+    assert math.isnan(none['q_sft_share']) and math.isnan(none['q_bow_entropy_topic'])
+    assert none['entropy_topic'] == m['entropy_topic']  # the all-sample figures do not depend on quality
+
+
+def test_nan_aware_means():
+    """A NaN cell (a prompt with too few good samples) is left out of every mean; where there is no NaN
+    the means are those of .mean() to the last digit."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 14))
+    draws = dv.bootstrap_draws([3], 14, 300, rng)
+    plain = x[draws[3][0][:, :, None], draws[3][1]].mean(axis=(1, 2))
+    assert np.array_equal(dv.bootstrap_means(x, draws), plain)
+    st = dv.summarize({'a': {'m': x}}, 300, 0)
+    assert st.point['a']['m'] == x.mean() and np.array_equal(st.seeds['a']['m'], x.mean(axis=1))
+    v = np.array([[1.0, math.nan], [3.0, 5.0]])
+    st = dv.summarize({'a': {'m': v}}, 200, 0)
+    assert st.point['a']['m'] == 3.0 and list(st.seeds['a']['m']) == [1.0, 4.0]
+    assert not np.isnan(st.boot['a']['m']).all()
+    assert math.isnan(dv.nan_mean(np.full(3, math.nan)))  # all NaN: NaN, without a warning
 
 
 def test_content_drops_only_the_format_line():
