@@ -7,8 +7,10 @@ anchored=out/anchored/samples.jsonl --data_dir=data/wiki --out_dir=out/report
 
 An arm named several times in --samples has several replicates (training seeds), one samples file
 each: its figures are the mean over replicates, and every CI is a two-level bootstrap that resamples
-the replicates, then the prompts within each, so that it holds the variance of training and not only
-that of sampling. Every metric (metrics.py) is computed per prompt over that prompt's samples.
+the replicates and the prompts (bootstrap_design: 'crossed', the same prompt draw for every seed, as
+every seed answers the same prompts; or 'nested', the prompts drawn anew within each seed), so that it
+holds the variance of training and not only that of sampling; beside it, a t-interval over the
+per-seed values. Every metric (metrics.py) is computed per prompt over that prompt's samples.
 Diversity: entropy_<k> of the judge's labels for every categorical annotation key k, dissimilarity,
 vendi, distinct2, gzip. Competence: fluency, format_rate, finish_rate, quality, sft_share, and for
 arms that sample annotations ann_valid_<k>, prior_kept_<k>, fidelity_<k>. The headline compares each
@@ -28,8 +30,8 @@ from common import (UserError, atomic_write, check_device, check_out_dir, clean_
                     main_guard, read_jsonl, split_list, write_json, write_text)
 from embeddings import embed, load_embedder
 from formats import annotation_values, load_meta
-from metrics import (ci95, collapse_table, comparisons, content, difference, entropy_bits, expected_entropy,
-                     matched_quality, narrowing, prompt_metrics, summarize)
+from metrics import (DESIGNS, ci95, collapse_table, comparisons, content, difference, entropy_bits, expected_entropy,
+                     matched_quality, narrowing, prompt_metrics, summarize, t_interval)
 from report import headline_sentence, includes, jsonable, narrowing_sentence, plot_png, render_md
 
 # -----------------------------------------------------------------------------
@@ -46,7 +48,9 @@ control_arms = 'sft,sft-replay'  # what anchoring is compared with: standard SFT
 #                                  replay and learning rate (the fair control); comma-separated, absent ones skipped
 anchored_arms = 'anchored'  # comma-separated: each is compared with every control; the first is the headline's
 headline_metrics = ''  # '' = entropy_<first categorical key> and dissimilarity (the paper's two metrics)
-bootstrap = 1000  # resamples (seeds, then prompts within each) for 95% CIs; 0 = no CIs
+bootstrap = 1000  # resamples (seeds and prompts) for 95% CIs; 0 = no CIs
+bootstrap_design = 'crossed'  # every seed answers the same prompts: 'crossed' draws the prompts once per resample,
+#                               the same for every seed; 'nested' draws them anew within each seed (the old CIs)
 embed_only = False  # only embed the samples into out_dir/cache (study.py: seed by seed, beside training), no report
 threads = 0  # torch CPU threads (0: torch's default)
 seed = 1337
@@ -335,6 +339,8 @@ def check_config_values():
     if bootstrap < 0 or not 0 < judge_test_frac < 1 or judge_max_docs < 2 or embed_batch_size < 1 or threads < 0:
         raise UserError("need bootstrap >= 0, 0 < judge_test_frac < 1, judge_max_docs >= 2, embed_batch_size >= 1 "
                         "and threads >= 0")
+    if bootstrap_design not in DESIGNS:
+        raise UserError(f"bootstrap_design must be one of {', '.join(DESIGNS)}; got '{bootstrap_design}'")
     check_device(device)
     return split_list(headline_metrics)
 
@@ -431,9 +437,9 @@ def main():
         heads = [h for h in heads if h in div_metrics] or ['dissimilarity']
     ref, prior = corpus_reference(meta, heldout, words, cat_keys, rng)
     table, arms, n_prompts = measure_arms(model, judges, ref, data, paths, prior)
-    st = summarize(table, bootstrap, seed)
+    st = summarize(table, bootstrap, seed, bootstrap_design)
     for a in arms:
-        arms[a]['metrics'] = {m: dict(mean=st.point[a][m], ci=ci95(st.boot[a][m]),
+        arms[a]['metrics'] = {m: dict(mean=st.point[a][m], ci=ci95(st.boot[a][m]), t_ci=t_interval(st.seeds[a][m]),
                                       seeds=[float(v) for v in st.seeds[a][m]]) for m in st.point[a]}
     comp = comparisons(st, div_metrics, base_arm, anchored, controls)
     frontier = matched_quality(st, heads, anchored, controls)

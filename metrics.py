@@ -121,12 +121,21 @@ def ci95(boot):
 # the two-level bootstrap: a figure's uncertainty includes training (the replicates: seeds), not
 # only the sampling of prompts
 
-def bootstrap_draws(replicates, n_prompts, resamples, rng):
+DESIGNS = ('crossed', 'nested')
+
+
+def bootstrap_draws(replicates, n_prompts, resamples, rng, design='crossed'):
     """Index draws of the two-level bootstrap, for every number of replicates R among the arms:
-    (seed ids (B, R), prompt ids (B, R, P)), the replicates resampled with replacement, then the
-    prompts within each resampled replicate. Arms with the same R share their draws, and every arm
-    takes the prompt draws of the first R slots, so that differences between arms keep their pairing
-    by replicate (seed k of every arm) and by prompt."""
+    (seed ids (B, R), prompt ids (B, R or 1, P)). Every replicate answers the same prompts (seeds
+    crossed with prompts), so 'crossed' resamples the seeds and, once, the prompts, the same prompt
+    draw for every seed: a hard prompt is hard for every seed, and drawing it for one seed only
+    would average that variance away. 'nested' draws the prompts anew within each resampled
+    replicate (as if each seed had its own prompts). Arms with the same R share their draws, and
+    every arm takes the prompt draws of the first R slots, so that differences between arms keep
+    their pairing by replicate (seed k of every arm) and by prompt."""
+    if design == 'crossed':
+        prompts = rng.integers(0, n_prompts, size=(resamples, 1, n_prompts))
+        return {r: (rng.integers(0, r, size=(resamples, r)), prompts) for r in sorted(set(replicates))}
     prompts = rng.integers(0, n_prompts, size=(resamples, max(replicates), n_prompts))
     return {r: (rng.integers(0, r, size=(resamples, r)), prompts[:, :r]) for r in sorted(set(replicates))}
 
@@ -147,6 +156,30 @@ def bootstrap_means(values, draws):
     return nan_mean(values[seeds[:, :, None], prompts], axis=(1, 2))
 
 
+# two-sided 95% quantiles of Student's t for df 1..30, where scipy is not installed
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df):
+    try:
+        from scipy.stats import t
+        return float(t.ppf(0.975, df))
+    except ImportError:
+        return T975[df - 1] if df <= len(T975) else 1.96
+
+
+def t_interval(per_seed):
+    """95% t-interval of the mean of per-replicate values: mean +- t(0.975, R-1) s / sqrt(R), the
+    spread of training alone, read beside the bootstrap's CI. None for fewer than 2 replicates (no
+    training variance to read)."""
+    x = np.asarray(per_seed if per_seed is not None else [], dtype=float)
+    if len(x) < 2:
+        return None
+    half = t975(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return [float(x.mean() - half), float(x.mean() + half)]
+
+
 def derived(fn, point, boot, seeds):
     """A figure computed from the means of several arms (fn(*arm means), e.g. gap_closed of base,
     control and anchored): its value, its 95% CI over the bootstrap resamples, and its value per
@@ -155,7 +188,7 @@ def derived(fn, point, boot, seeds):
     per = None
     if len({len(s) for s in seeds}) == 1:
         per = [float(v) for v in np.atleast_1d(fn(*(np.asarray(s, dtype=float) for s in seeds)))]
-    return dict(value=float(fn(*point)), ci=ci95(fn(*boot)), seeds=per)
+    return dict(value=float(fn(*point)), ci=ci95(fn(*boot)), seeds=per, t_ci=t_interval(per))
 
 
 def expected_entropy(counts, n, rng, reps=2000):
@@ -255,13 +288,13 @@ def prompt_metrics(rows, emb, judged, ref, annotated):
 # the figures computed from them (collapse, the comparisons with the controls, topic narrowing, the
 # temperature sweep at matched quality)
 
-def summarize(table, bootstrap, seed):
+def summarize(table, bootstrap, seed, design='crossed'):
     """table: {arm: {metric: (R, P) array}} -> Stats of every arm and metric: the mean over replicates
-    and prompts, its `bootstrap` resamples (replicates, then prompts within each; paired across arms;
-    0: no CIs), and the mean of every replicate. NaN cells (too few samples) are skipped."""
+    and prompts, its `bootstrap` resamples (seeds and prompts, `design` of bootstrap_draws; paired
+    across arms; 0: no CIs), and the mean of every replicate. NaN cells (too few samples) are skipped."""
     rng = np.random.default_rng(seed)
     shapes = [next(iter(ms.values())).shape for ms in table.values()]
-    draws = bootstrap_draws([r for r, _ in shapes], shapes[0][1], max(bootstrap, 1), rng)
+    draws = bootstrap_draws([r for r, _ in shapes], shapes[0][1], max(bootstrap, 1), rng, design)
     st = Stats({}, {}, {})
     for a, ms in table.items():
         st.point[a] = {m: float(nan_mean(v)) for m, v in ms.items()}

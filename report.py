@@ -110,6 +110,40 @@ def plot_png(points, metric):
     return buf.getvalue()
 
 
+def headline_cis(rep):
+    """{figure: {'value', 'ci'}} of every headline figure of a report.json: the headline arm against each
+    control on each headline metric and its bag-of-words twin (difference, gap closed, collapse ratio),
+    its topic-narrowing difference under each judge, and every arm's topic narrowing under each judge."""
+    hl, comp, a = rep['headline'], rep['comparisons'], rep['headline']['arm']
+    out = {f'{m} {k}, {a} vs {c}': f[k] for m in headline_metrics(hl, comp) for c, f in comp[m].get(a, {}).items()
+           for k in ('diff', 'gap', 'ratio')}
+    out.update({f'{m} diff, {a} vs {c}': f for m, per in (hl.get('share_diff') or {}).items() for c, f in per.items()})
+    out.update({f'{k} {arm}': f for k in ('narrowing', 'bow_narrowing') for arm, f in (hl.get(k) or {}).items()})
+    return out
+
+
+def width(ci):
+    lo, hi = map(float, ci)  # report.json writes nan and inf as strings
+    return hi - lo
+
+
+def ci_comparison(reps):
+    """Markdown lines comparing the CIs of every headline figure across reports of the same samples
+    ({name: report.json}, e.g. the nested and the crossed bootstrap): each one's CI and width, and the
+    width of each later report over the first's."""
+    names, figs = list(reps), {n: headline_cis(r) for n, r in reps.items()}
+    first = figs[names[0]]
+    L = [f"| figure | value | {' | '.join(f'{n} CI | width' for n in names)} | "
+         f"{' | '.join(f'{n} / {names[0]}' for n in names[1:])} |", '|---' * (1 + 3 * len(names)) + '|']
+    for k, f in first.items():
+        ws = [width(figs[n][k]['ci']) for n in names]
+        cis = ' | '.join(f"[{fmt(float(figs[n][k]['ci'][0]))}, {fmt(float(figs[n][k]['ci'][1]))}] | {fmt(w)}"
+                         for n, w in zip(names, ws))
+        ratios = ' | '.join(fmt2(w / ws[0]) if ws[0] else 'n/a' for w in ws[1:])
+        L.append(f"| {k} | {fmt(float(f['value']))} | {cis} | {ratios} |")
+    return L
+
+
 def jsonable(x):
     """NaN/inf become the strings 'nan'/'inf'/'-inf' (strict JSON has no such numbers)."""
     if isinstance(x, dict):
@@ -138,7 +172,7 @@ def competence_rows(rep):
         cells = [cell(mt[c], form[c]) if c in mt else '-' for c in cols]
         labels = r.get('labels', {}).get(sft_key) or {}
         top = ', '.join(f"{v} {pct(p)}" for v, p in list(labels.items())[:3])
-        rows.append(f"| {a} | {' | '.join(cells)} | {top or '-'} |")
+        rows.append(f"| {a}{mark(rep, a)} | {' | '.join(cells)} | {top or '-'} |")
     names = ['fluency', 'format', 'quality', f'sft_share ({sft_key})', 'sft_share, bow judge'] + [
         f'{m} {k}' for k in keys[:1] for m in ('valid', 'prior kept', 'fidelity', 'fidelity, bow judge',
                                                 'judges agree')]
@@ -146,16 +180,41 @@ def competence_rows(rep):
             + rows)
 
 
+DAGGER = '\u2020'
+DESIGN_WORDS = {'crossed': "resamples of the replicates and, once per resample, of the prompts, the same prompt draw "
+                           "for every replicate, as every replicate answers the same prompts",
+                'nested': "resamples of the replicates, then of the prompts anew within each"}
+
+
+def one_seed(rep, *arms):
+    """Any of the arms has a single replicate: its figures hold no training variance."""
+    return any(rep['arms'][a]['replicates'] == 1 for a in arms if a in rep['arms'])
+
+
+def mark(rep, *arms):
+    """The dagger of a figure of arms among which one has a single replicate ('' otherwise)."""
+    return DAGGER if one_seed(rep, *arms) else ''
+
+
+def t_cell(d, f=fmt):
+    """The t-interval over the per-replicate values, '[lo, hi]'; '-' where there is none (one replicate)."""
+    t = (d or {}).get('t_ci')
+    return f"[{f(t[0])}, {f(t[1])}]" if t else '-'
+
+
 def header_lines(rep):
     """What the figures are of: prompts, replicates, data, embedder, the CIs, the machine."""
     cfg, env = rep['config'], rep.get('environment') or {}
-    reps = ', '.join(f"{a} {r['replicates']}" for a, r in rep['arms'].items())
+    reps = ', '.join(f"{a}{mark(rep, a)} {r['replicates']}" for a, r in rep['arms'].items())
+    design = cfg.get('bootstrap_design', 'nested')
+    single = [f"{DAGGER} One replicate: the figures of such an arm, and any comparison with it, hold no training "
+              "variance, only that of sampling, and have no t-interval.", ''] if one_seed(rep, *rep['arms']) else []
     return ['# Diversity report', '',
             f"{rep['prompts']} prompts; replicates (training seeds) per arm: {reps}; data `{cfg['data_dir']}`; "
-            f"embedder `{cfg['embedder']}`. Brackets: 95% CI of a two-level bootstrap ({cfg['bootstrap']} "
-            "resamples of the replicates, then of the prompts within each), so it holds the variance of training, "
-            "not only of sampling; parentheses: the value of each replicate. Every diversity metric: higher = "
-            "more diverse.", '',
+            f"embedder `{cfg['embedder']}`. Brackets: 95% CI of a two-level bootstrap, {design} ({cfg['bootstrap']} "
+            f"{DESIGN_WORDS[design]}), so it holds the variance of training, not only of sampling; t-interval: "
+            "mean +- t(0.975, R-1) s/sqrt(R) over the R values of the replicates; parentheses: the value of each "
+            "replicate. Every diversity metric: higher = more diverse.", ''] + single + [
             f"Environment of this report: torch {env.get('torch')}, Python {env.get('python')}, "
             f"{env.get('gpu') or env.get('cpu')} ({env.get('cores')} cores), {env.get('platform')}.", '']
 
@@ -166,14 +225,15 @@ def headline_metrics(hl, comp):
     return [x for m in hl['metrics'] for x in (m, 'bow_' + m) if x == m or (m.startswith('entropy_') and x in comp)]
 
 
-def narrowing_lines(hl):
+def narrowing_lines(rep):
     """Topic narrowing of every arm under both judges."""
+    hl, base = rep['headline'], rep['config']['base_arm']
     L = ['', "Topic narrowing = sft_share(arm) - sft_share(base), how far SFT pulled an arm's samples toward "
          "the SFT set's own topics, under the embedding judge and the bag-of-words judge:", '',
-         '| arm | topic narrowing | per seed | bow judge | per seed |', '|---|---|---|---|---|']
+         '| arm | topic narrowing | t-interval | per seed | bow judge | per seed |', '|---|---|---|---|---|---|']
     bow = hl.get('bow_narrowing') or {}
-    return L + [f"| {a} | {with_ci(n, pts)} | {per_seed(n, pts)} | {with_ci(bow.get(a), pts)} | "
-                f"{per_seed(bow.get(a), pts)} |" for a, n in hl['narrowing'].items()]
+    return L + [f"| {a}{mark(rep, a, base)} | {with_ci(n, pts)} | {t_cell(n, pts)} | {per_seed(n, pts)} | "
+                f"{with_ci(bow.get(a), pts)} | {per_seed(bow.get(a), pts)} |" for a, n in hl['narrowing'].items()]
 
 
 def verdict_lines(hl):
@@ -195,18 +255,19 @@ def headline_lines(rep):
     hl, comp = rep['headline'], rep['comparisons']
     L = ['## Headline', ''] + [f"- **{s}**" for s in hl['sentences']]
     if hl['controls']:
-        L += ['', '| arm | control | metric | difference | gap closed | collapse ratio | difference per seed |',
-              '|---|---|---|---|---|---|---|']
+        L += ['', '| arm | control | metric | difference | t-interval over seeds | gap closed | collapse ratio | '
+              'difference per seed |', '|---|---|---|---|---|---|---|---|']
         for m in headline_metrics(hl, comp):
             for a, per in comp[m].items():
                 for c, f in per.items():
-                    L.append(f"| {a} | {c} | {m} | {with_ci(f['diff'], signed)} | {with_ci(f['gap'], pct)} | "
-                             f"{with_ci(f['ratio'], fmt2)} | {per_seed(f['diff'], signed)} |")
+                    L.append(f"| {a} | {c}{mark(rep, a, c)} | {m} | {with_ci(f['diff'], signed)} | "
+                             f"{t_cell(f['diff'], signed)} | {with_ci(f['gap'], pct)} | {with_ci(f['ratio'], fmt2)} | "
+                             f"{per_seed(f['diff'], signed)} |")
         for m, per in (hl.get('share_diff') or {}).items():
-            L += [f"| {hl['arm']} | {c} | topic narrowing, {m}(arm) - {m}(control) | {with_ci(f, pts)} | - | - | "
-                  f"{per_seed(f, pts)} |" for c, f in per.items()]
+            L += [f"| {hl['arm']} | {c}{mark(rep, hl['arm'], c)} | topic narrowing, {m}(arm) - {m}(control) | "
+                  f"{with_ci(f, pts)} | {t_cell(f, pts)} | - | - | {per_seed(f, pts)} |" for c, f in per.items()]
     if hl['narrowing']:
-        L += narrowing_lines(hl)
+        L += narrowing_lines(rep)
     return L + verdict_lines(hl) + ['']
 
 
@@ -321,7 +382,7 @@ def render_md(rep, div_metrics, heads):
     for a, r in rep['arms'].items():
         cells = [f"{with_ci(r['metrics'][m])} {per_seed(r['metrics'][m])}".strip() if m in heads
                  else fmt(r['metrics'][m]['mean']) for m in cols]
-        L.append(f"| {a} | {r['samples_per_prompt']:g} | {' | '.join(cells)} |")
+        L.append(f"| {a}{mark(rep, a)} | {r['samples_per_prompt']:g} | {' | '.join(cells)} |")
     L += [''] + quality_lines(rep) + (collapse_lines(rep, heads) if rep['collapse'] else []) + frontier_lines(rep)
     L += judge_lines(rep)
     L += [''] + annotation_lines(rep)

@@ -163,15 +163,16 @@ def test_two_level_bootstrap_resamples_seeds():
 
 
 def test_two_level_bootstrap_resamples_prompts_within_seeds():
-    """One seed: the ordinary bootstrap over prompts. Two prompts 0 and 2: the mean of a resample is
-    0, 1 or 2 with probabilities 1/4, 1/2, 1/4; the variance of the mean is 1/2 of the prompts' (1)."""
-    draws = dv.bootstrap_draws([1], 2, 20000, np.random.default_rng(1))
+    """The nested design (test_report_stats.py: the crossed one). One seed: the ordinary bootstrap over
+    prompts. Two prompts 0 and 2: the mean of a resample is 0, 1 or 2 with probabilities 1/4, 1/2,
+    1/4; the variance of the mean is 1/2 of the prompts' (1)."""
+    draws = dv.bootstrap_draws([1], 2, 20000, np.random.default_rng(1), 'nested')
     boot = dv.bootstrap_means(np.array([[0.0, 2.0]]), draws)
     assert np.mean(boot == 1.0) == pytest.approx(0.5, abs=0.01) and np.var(boot) == pytest.approx(0.5, abs=0.02)
     # two seeds x two prompts, values seed + prompt (each 0 or 1): both levels add their variance, the
     # seeds' Var((s1 + s2) / 2) = 1/8 and the prompts' within them Var of the mean of 4 draws = 1/16
     values = np.array([[0.0, 1.0], [1.0, 2.0]])
-    boot = dv.bootstrap_means(values, dv.bootstrap_draws([2], 2, 40000, np.random.default_rng(2)))
+    boot = dv.bootstrap_means(values, dv.bootstrap_draws([2], 2, 40000, np.random.default_rng(2), 'nested'))
     assert boot.mean() == pytest.approx(1.0, abs=0.01) and np.var(boot) == pytest.approx(3 / 16, abs=0.01)
 
 
