@@ -316,7 +316,7 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_ids=(),
                  annotation_end=None, annotation_temperature=None, generator=None, use_cache=True,
-                 vocab_limit=None, forced=None, pad=None):
+                 vocab_limit=None, forced=None, pad=None, banned=None, annotation_banned=None):
         """Sample up to max_new_tokens continuations of idx (B, T), all rows at once.
 
         temperature 0 is greedy. A row stops after it emits one of stop_ids (its later positions
@@ -327,6 +327,9 @@ class GPT(nn.Module):
         forced: optional (B, F) ids that rows emit instead of sampling at steps 0..F-1 (-1: sample),
         e.g. an annotation drawn from another model, of a different length in every row.
         pad: optional (B,) left padding of every row of idx, for prompts of different lengths.
+        banned, annotation_banned: ids never sampled in the text, and in the annotation before it
+        (e.g. the special tokens that cannot belong to a chat response: with their probability
+        taken away, the rest of the distribution is renormalized, so a response stays a response).
         Returns (new tokens (B, n), finished (B,) bool: whether the row emitted a stop id).
         """
         B = idx.size(0)
@@ -343,9 +346,13 @@ class GPT(nn.Module):
                 dtype = torch.get_autocast_dtype(device.type)
             cache = KVCache(self.config, B, idx.size(1) + max_new_tokens, device, dtype)
         out, step_in = [], idx
+        in_ann = torch.full((B,), in_annotation, dtype=torch.bool, device=device)
+        ban = self.ban_masks(banned, annotation_banned, vocab_limit, device)
         for _ in range(max_new_tokens):
             logits, _ = self(step_in if use_cache else torch.cat([idx] + out, dim=1), cache=cache, pad=pad)
             logits = logits[:, -1, :vocab_limit].float()
+            if ban is not None:
+                logits = logits.masked_fill(torch.where(in_ann[:, None], ban[1], ban[0]), float('-inf'))
             nxt = sample_next(logits, temp, top_k, top_p, generator)
             if forced is not None and len(out) < forced.size(1):
                 f = forced[:, len(out)]
@@ -355,12 +362,27 @@ class GPT(nn.Module):
                 done |= torch.isin(nxt, stop)
             if in_annotation:  # a row that closed its annotation writes its response from now on
                 temp = torch.where(nxt == annotation_end, float(temperature), temp)
+                in_ann &= nxt != annotation_end
             out.append(nxt[:, None])
             step_in = nxt[:, None]
             if len(stop) and bool(done.all()):
                 break
         new = torch.cat(out, dim=1) if out else idx.new_zeros((B, 0))
         return new, done
+
+    def ban_masks(self, banned, annotation_banned, vocab_limit, device):
+        """(text mask, annotation mask), each (1, V) bool, True where an id is never sampled; None
+        when nothing is banned (the logits are then untouched, so the samples are as before)."""
+        if not banned and not annotation_banned:
+            return None
+        V = vocab_limit or self.config.vocab_size
+        return tuple(_ban_vector(ids or (), V, device)[None] for ids in (banned, annotation_banned))
+
+
+def _ban_vector(ids, V, device):
+    v = torch.zeros(V, dtype=torch.bool, device=device)
+    v[[i for i in ids if i < V]] = True
+    return v
 
 
 def sample_next(logits, temperature, top_k=None, top_p=None, generator=None):

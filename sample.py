@@ -11,7 +11,8 @@ Sample from any checkpoint (pretrained base, sft or anchor) into a JSONL file, o
 What is sampled depends on the checkpoint:
 - base (pretrained): the prompt is ignored and a document is sampled from <|bos|>; an annotated base
   model starts from <|bos|><|ann|>, samples an annotation, then the text of that chunk;
-- sft: the chat format, the response until <|end|>;
+- sft: the chat format, the response until <|end|>; a chat response never contains a special
+  token other than its stop (chat_bans);
 - anchor: the chat format; the annotation is sampled first (until <|text|>, at
   annotation_temperature; paper: 1.0), then the response conditioned on it. The annotation goes in
   its own field and is never part of `text` (paper, inference).
@@ -31,7 +32,7 @@ from common import (UserError, check_config, check_device, check_out_file, clean
                     write_jsonl)
 from formats import (ANN, BOS, END, TEXT, chat_prefix, encode_annotation, load_meta, load_tokenizer,
                      parse_annotation)
-from training import (DTYPES, autocast, check_meta, load_annotated_prior, load_checkpoint, model_from_checkpoint,
+from training import (DTYPES, autocast, check_meta, load_frozen_pretrained, load_checkpoint, model_from_checkpoint,
                       model_path, setup_device)
 
 # -----------------------------------------------------------------------------
@@ -71,9 +72,21 @@ def checkpoint_mode(ckpt):
 
 
 # What the model is given and how its generation is read, per prompt: the prefix ids, the ids that end
-# the text, and the id that ends an annotation sampled first (None: the text starts at once). The
-# text is sampled at `temperature`, an annotation before it at annotation_temperature.
-Plan = namedtuple('Plan', 'prefix stops annotation_end')
+# the text, the id that ends an annotation sampled first (None: the text starts at once), and the ids
+# never sampled in the text and in the annotation. The text is sampled at `temperature`, an annotation
+# before it at annotation_temperature.
+Plan = namedtuple('Plan', 'prefix stops annotation_end banned annotation_banned', defaults=((), ()))
+
+
+def chat_bans(special, stops, annotation_end=None):
+    """What a chat response (and an annotation before it) may never contain: every special token
+    but the one that ends it. Decoding drops special tokens and keeps the words between them, so a
+    response that wrote <|ann|> z <|text|> would show z's words as its own text; with those ids
+    masked out of the distribution (not a stop: the response goes on as the model would write it
+    without them) what is scored is a response and nothing else."""
+    ids = sorted(special.values())
+    return ([t for t in ids if t not in stops],
+            [t for t in ids if t != annotation_end] if annotation_end is not None else [])
 
 
 def plan(mode, annotated, enc, special, prompt):
@@ -83,11 +96,13 @@ def plan(mode, annotated, enc, special, prompt):
             return Plan([special[BOS], special[ANN]], [special[ANN], special[BOS]], special[TEXT])
         return Plan([special[BOS]], [special[BOS]], None)
     if mode == 'sft':
-        return Plan(chat_prefix(enc, special, prompt, anchored=False), [special[END]], None)
+        return Plan(chat_prefix(enc, special, prompt, anchored=False), [special[END]], None,
+                    *chat_bans(special, [special[END]]))
     prefix = chat_prefix(enc, special, prompt, anchored=True)
     if no_annotation:  # the ablation: an empty annotation, closed at once
-        return Plan(prefix + [special[TEXT]], [special[END]], None)
-    return Plan(prefix + encode_annotation(enc, annotation)[0], [special[END]], special[TEXT])
+        return Plan(prefix + [special[TEXT]], [special[END]], None, *chat_bans(special, [special[END]]))
+    return Plan(prefix + encode_annotation(enc, annotation)[0], [special[END]], special[TEXT],
+                *chat_bans(special, [special[END]], special[TEXT]))
 
 
 def split_sample(ids, mode, annotated, special, enc, stops):
@@ -169,7 +184,7 @@ def load_run(env):
     if (annotation or no_annotation or annotation_from) and mode != 'anchored':
         raise UserError(f"--annotation/--no_annotation/--annotation_from need an anchored checkpoint; "
                         f"{ckpt_dir} is '{mode}'")
-    prior = (load_annotated_prior(annotation_from, env['device'], meta['fingerprint'], '--annotation_from')
+    prior = (load_frozen_pretrained(annotation_from, env['device'], meta['fingerprint'], '--annotation_from')
              if annotation_from else None)
     return ckpt, mode, ddir, meta, load_tokenizer(ddir, meta), prior
 
@@ -200,7 +215,8 @@ def generate_batch(model, batch, new_tokens, gen, prior, meta, special, env):
         new, _ = model.generate(idx, new_tokens, temperature=temperature, top_k=top_k or None, top_p=top_p,
                                 stop_ids=p.stops, annotation_end=p.annotation_end, annotation_temperature=ann_temp,
                                 generator=gen, use_cache=use_cache, vocab_limit=meta['vocab_size'], forced=forced,
-                                pad=pad if bool(pad.any()) else None)
+                                pad=pad if bool(pad.any()) else None, banned=p.banned,
+                                annotation_banned=p.annotation_banned)
     return new.tolist()
 
 

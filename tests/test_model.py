@@ -154,6 +154,26 @@ def test_stop_ids_and_annotation_then_response_temperatures():
     assert torch.equal(after[:, 1:], cont) and not torch.equal(hot[:, 1:], cont)
 
 
+def test_banned_ids_are_never_sampled_even_when_the_model_wants_them():
+    """A model made to want ids 91-93 at every step (a large bias on their logits) never emits them
+    where they are banned: in the annotation (until annotation_end) one set, in the text another,
+    and the rest of the distribution is sampled as usual. Without bans it emits them at once."""
+    m = tiny()
+    boost = torch.zeros(97)
+    boost[[91, 92, 93]] = 50.0
+    m.lm_head.register_forward_hook(lambda mod, inp, out: out + boost)
+    idx = torch.randint(90, (16, 4))
+    gen = lambda **kw: m.generate(idx, 30, temperature=1.0, generator=torch.Generator().manual_seed(0),
+                                  vocab_limit=97, **kw)[0]
+    assert gen().lt(94).all() and gen().ge(91).all()  # unbanned: it writes nothing else
+    text = gen(banned=[91, 92, 93])
+    assert not torch.isin(text, torch.tensor([91, 92, 93])).any()
+    # the annotation may close (93 ends it) but never write 91 or 92; the text after it never 91-93
+    both = gen(annotation_end=93, annotation_temperature=1.0, annotation_banned=[91, 92], banned=[91, 92, 93])
+    for row in both.tolist():
+        assert 91 not in row and 92 not in row and row[0] == 93 and 93 not in row[1:]
+
+
 def test_generate_respects_block_size():
     m = tiny(block_size=16)
     new, _ = m.generate(torch.zeros(2, 10, dtype=torch.long), 50, temperature=0)
