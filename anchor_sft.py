@@ -1,45 +1,18 @@
 """
 Post-training of a pretrained checkpoint on sft_train.jsonl: standard SFT or annotation-anchored SFT.
 
-    python anchor_sft.py config/small.py --method=sft    --init_dir=out/base      --out_dir=out/sft
+    python anchor_sft.py config/small.py --method=sft --anchor_prior=mask --init_dir=out/base --out_dir=out/sft
     python anchor_sft.py config/small.py --method=anchored --init_dir=out/annotated --out_dir=out/anchored
 
-method='sft':    <|bos|><|user|> x <|assistant|> y <|end|>                     loss on y <|end|>
+method='sft':      <|bos|><|user|> x <|assistant|> y <|end|>                     loss on y <|end|>
 method='anchored': <|bos|><|user|> x <|assistant|><|ann|> z <|text|> y <|end|>   loss on y <|end|>
 
-Anchored SFT masks the annotation z, so the model learns the response style Q*(y|x,z) from the SFT
-data but its annotation distribution R(z|x) stays the broad one of pretraining (paper, method).
-In a small fraction of rows (paper: 0.3%) the keys and delimiters of z are supervised too, to keep
-the annotation format stable; the values stay masked. Same loop, DDP and checkpoints as pretrain.py.
-
-Keeping R(z|x) at small scale (docs/METHOD.md "Keeping the prior at small scale"): masking z removes
-the SFT gradient that would pull R(z|x) toward the narrow SFT data, but the shared weights of a small
-model still drift (the response style leaks into the annotation, the annotation format is forgotten).
-anchor_prior='distill' adds prior distillation: lambda * KL(R_pre(. | z_<t) || R_theta(. | x, z_<t)) at the annotation
-positions t, where R_pre is the frozen annotated-pretrained model (the SFT's starting point) reading
-the same annotation after <|bos|><|ann|>, i.e. exactly the pretraining prior the paper wants kept.
-The KL is read on prior rows: each SFT row's prompt followed by an annotation z drawn from the
-annotated pretraining stream, i.e. from the prior itself. Summed over positions with z drawn from
-R_pre, the per-position KLs are the forward KL of whole annotations, KL(R_pre(z) || R_theta(z | x));
-on the SFT rows' own annotations (the narrow slice) they would keep R(entity | topic) only for the
-SFT topics, and the text then follows the other topics' annotations less (RESULTS.md: fidelity 47%
-against 53-57% on the corpus's annotations). A prior row has no response for its z, but the SFT
-format's opening line (the tokens every SFT response starts with) holds whatever z: it is a target
-there at opening_weight, or the response format is kept only after the SFT topics' annotations.
-The SFT rows' own annotation values are never targets (that would pull R(z|x) to the narrow slice).
-replay_rows > 0 adds replay: that many windows of the pretraining stream the model was trained on
-(annotated for method='anchored': <|ann|> z <|text|> text; plain for method='sft') join every training
-micro-batch, every token a target as in pretraining, so the SFT steps keep practising the documents of
-every topic, not only the SFT set's (for the anchored arm: text that follows its annotation, i.e.
-fidelity). replay_docs=True replays whole documents and leaves their boundaries (how a text starts,
-how it ends) to the SFT format, which says otherwise there (replay_window). Standard SFT with the same
-replay is the fair control of the anchored arm: whatever it gets besides the annotation, so does the
-control. An arm that replays trains at replay_lr_frac: its steps also carry the replayed documents.
-
-SFT length, the same rule for every method: with sft_patience = 0 (the default) SFT runs sft_iters
-and the final checkpoint is the model; with sft_patience > 0 the checkpoint of the lowest SFT val loss
-is kept as best.pt (sample.py uses it) and SFT stops after sft_patience evaluations without a val loss
-lower by more than sft_min_delta. The val loss is over the whole SFT val set, the same rows every time.
+The annotation z is masked (in key_fraction of the rows its keys stay in the loss), so SFT learns the
+response style but not R(z|x) (paper, method). Remedies for a small model, each a switch with the
+paper's plain masking as one value: anchor_prior='distill' (prior distillation, prior_rows; for
+method='sft' its plain counterpart, the control's) and replay_rows (replay_window). Why each is built
+the way it is, and what each control gets: docs/METHOD.md. Same loop, DDP and checkpoints as
+pretrain.py; a fixed length by default (sft_patience = 0), or the lowest SFT val loss kept as best.pt.
 """
 import os
 import random
@@ -51,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from common import UserError, main_guard, read_jsonl, split_list, write_json
-from formats import (ANN, BOS, IGNORE, TEXT, annotation_span, annotation_values, load_meta, load_tokenizer, sft_example,
+from formats import (ANN, ASSISTANT, BOS, IGNORE, TEXT, annotation_span, annotation_values, load_meta, load_tokenizer, sft_example,
                      token_stream)
 from metrics import entropy_bits
-from training import (check_meta, check_training_config, lm_loss, load_annotated_prior, load_checkpoint, lr_multiplier,
+from training import (check_meta, check_training_config, lm_loss, load_frozen_pretrained, load_checkpoint, lr_multiplier,
                       model_from_checkpoint, peak_flops, resume_state, setup_device, train)
 
 # -----------------------------------------------------------------------------
@@ -65,7 +38,8 @@ out_dir = 'out/sft'
 data_dir = ''  # '' = the data dir the pretrained checkpoint was trained on
 method = 'sft'  # 'sft' (standard) or 'anchored' (annotation-anchored)
 key_fraction = 0.003  # anchored: fraction of rows whose annotation keys are supervised (paper: 0.3%)
-anchor_prior = 'mask'  # anchored: 'mask' (the paper: z is only masked) or 'distill' (+ prior distillation)
+anchor_prior = 'mask'  # 'mask' (anchored: the paper, z is only masked; sft: nothing) or 'distill' (+ prior
+#                        distillation; for method='sft' its plain counterpart, the fair control's)
 distill_weight = 1.0  # lambda of the prior-distillation KL (per annotation position, like the LM loss per token)
 opening_weight = 0.0  # with distill: weight of the SFT format's opening line on the prior rows (0: not a target)
 replay_rows = 0  # windows of the pretraining stream (annotated or plain, by method) added to every training micro-batch
@@ -147,35 +121,56 @@ def load_rows(path, enc, special, block_size, anchored, rng, what, sft_key):
     return out, [topic(r) for r in fits]
 
 
+def response_start(ids, special):
+    """Where the response of an SFT row starts: after <|text|> (anchored), else after <|assistant|>."""
+    return annotation_span(ids, special)[1] + 1 if special[ANN] in ids else ids.index(special[ASSISTANT]) + 1
+
+
 def sft_opening(rows, special):
-    """The tokens every SFT response starts with after <|text|>: the format's opening line (none if
-    the responses start differently). os.path.commonprefix compares any sequences, lists of ids too."""
-    return os.path.commonprefix([ids[annotation_span(ids, special)[1] + 1:] for ids, _ in rows])
+    """The tokens every SFT response starts with: the format's opening line (none if the responses
+    start differently). os.path.commonprefix compares any sequences, lists of ids too."""
+    return os.path.commonprefix([ids[response_start(ids, special):] for ids, _ in rows])
 
 
-def prior_rows(seqs, zs, special, opening):
-    """Prior distillation's rows: each SFT row's prompt up to its <|ann|>, then an annotation z drawn
-    from the prior (a list of ids), <|text|> and the format's opening line. Returns the student's
-    input and targets (the opening line only), the teacher's input <|bos|><|ann|> z, the student
-    positions that predict z and <|text|>, and their mask; right-padded. Teacher position j + 1 and
-    student position start + j predict the same token, so teacher logits [:, 1:] line up."""
-    heads = [ids[:annotation_span(ids, special)[0] + 1] for ids in seqs]
-    L = max(len(h) + len(z) + 1 + len(opening) for h, z in zip(heads, zs))
-    P = max(len(z) + 1 for z in zs)
+def prior_row(ids, z, special, opening, annotated):
+    """One prior row (lists): student input, where its opening line starts (the position that
+    predicts its first token), teacher input, and the student and teacher positions that predict
+    the same distilled tokens.
+    annotated: the prompt up to <|ann|>, z (an annotation drawn from the prior), <|text|>, the opening
+    line; the teacher reads <|bos|><|ann|> z; distilled: z and <|text|>.
+    plain (the control's counterpart): the prompt up to <|assistant|>, the opening line, then z (the
+    first tokens of a corpus document); the teacher reads <|bos|> z; distilled: z. A response is the
+    opening line and then a text, so this is where the plain model writes what a response is about."""
+    if annotated:
+        h = ids[:annotation_span(ids, special)[0] + 1]
+        text = len(h) + len(z)  # the position of <|text|>, which predicts the opening's first token
+        return (h + z + [special[TEXT]] + opening, text, [special[BOS], special[ANN]] + z,
+                list(range(len(h) - 1, text)), list(range(1, len(z) + 2)))
+    h = ids[:ids.index(special[ASSISTANT]) + 1]
+    start = len(h) + len(opening) - 1  # the position that predicts z's first token
+    return (h + opening + z, len(h) - 1, [special[BOS]] + z, list(range(start, start + len(z))),
+            list(range(len(z))))
+
+
+def prior_rows(seqs, zs, special, opening, annotated=True):
+    """Prior distillation's rows (prior_row) of a batch, right-padded: the student's input and
+    targets (the opening line only), the teacher's input, the teacher and student positions that
+    predict the same tokens, and their mask."""
+    rows = [prior_row(ids, z, special, opening, annotated) for ids, z in zip(seqs, zs)]
+    L, T = max(len(r[0]) for r in rows), max(len(r[2]) for r in rows)
+    P = max(len(r[3]) for r in rows)
     x = torch.zeros(len(seqs), L, dtype=torch.long)
     y = torch.full((len(seqs), L), IGNORE, dtype=torch.long)
-    t_in = torch.zeros(len(seqs), P + 1, dtype=torch.long)
-    s_pos = torch.zeros(len(seqs), P, dtype=torch.long)
+    t_in = torch.zeros(len(seqs), T, dtype=torch.long)
+    t_pos, s_pos = torch.zeros(len(seqs), P, dtype=torch.long), torch.zeros(len(seqs), P, dtype=torch.long)
     mask = torch.zeros(len(seqs), P, dtype=torch.bool)
-    for b, (h, z) in enumerate(zip(heads, zs)):
-        ids = h + z + [special[TEXT]] + opening
+    for b, (ids, o, t_ids, s, t) in enumerate(rows):
         x[b, :len(ids)] = torch.tensor(ids)
-        text = len(h) + len(z)  # the position of <|text|>, which predicts the opening's first token
-        y[b, text:text + len(opening)] = torch.tensor(opening, dtype=torch.long)
-        t_in[b, :len(z) + 2] = torch.tensor([special[BOS], special[ANN]] + z)
-        s_pos[b, :len(z) + 1] = torch.arange(len(h) - 1, text)
-        mask[b, :len(z) + 1] = True
-    return x, y, t_in, s_pos, mask
+        y[b, o:o + len(opening)] = torch.tensor(opening, dtype=torch.long)
+        t_in[b, :len(t_ids)] = torch.tensor(t_ids)
+        s_pos[b, :len(s)], t_pos[b, :len(t)] = torch.tensor(s, dtype=torch.long), torch.tensor(t, dtype=torch.long)
+        mask[b, :len(s)] = True
+    return x, y, t_in, t_pos, s_pos, mask
 
 
 def replay_window(stream, i, T, special, annotated):
@@ -212,9 +207,9 @@ def pad_rows(rows, extra=0):
 
 
 def make_get_batch(rows, device, special, prior=None, replay=None, annotated=False):
-    """Training batches of random rows. With prior (prior distillation: the annotated stream, the
-    (start, end) of its annotations and the opening line) every batch also carries the prior_rows of
-    its SFT rows, each with an annotation drawn from the stream. With replay (a token stream,
+    """Training batches of random rows. With prior (prior distillation: a stream, the (start, end) of
+    the spans it distills and the opening line, load_prior) every batch also carries the prior_rows
+    of its SFT rows, each with a span drawn from the stream. With replay (a token stream,
     annotated or plain), replay_rows windows of it, as long as the micro-batch, follow the SFT rows in
     every batch, all their tokens targets (the loss is one mean over all targets)."""
     longest = max(len(ids) for ids, _ in rows) + 1  # a window and its shifted targets
@@ -233,7 +228,7 @@ def make_get_batch(rows, device, special, prior=None, replay=None, annotated=Fal
             for r, i in enumerate(starts[m].tolist() if n_rep else ()):
                 x[len(batch) + r], y[len(batch) + r] = replay_window(replay, i, x.size(1), special, annotated)
             extra = prior_rows([ids for ids, _ in batch], [prior[0][a:b].tolist() for a, b in prior[1][zs[m]]],
-                               special, prior[2]) if prior else ()
+                               special, prior[2], annotated) if prior else ()
             out.append(tuple(t.to(device) for t in (x, y, *extra)))
         return out
     return get_batch
@@ -261,11 +256,12 @@ def prior_distill_loss(teacher, weight, opening_weight):
     """loss_fn for the training loop: the SFT loss, plus weight * the prior-distillation KL and
     opening_weight * the loss of the opening line on the prior rows (a second, short forward)."""
     def loss_fn(model, batch):
-        x, y, p_x, p_y, t_in, s_pos, mask = batch
+        x, y, p_x, p_y, t_in, t_pos, s_pos, mask = batch
         _, loss = model(x, y, targets_only=True)
         logits = model(p_x, all_logits=True)[0]
         with torch.no_grad():
-            t_logits = teacher(t_in, all_logits=True)[0][:, 1:]
+            t_logits = teacher(t_in, all_logits=True)[0]
+            t_logits = t_logits.gather(1, t_pos[..., None].expand(-1, -1, t_logits.size(-1)))
         loss = loss + weight * distill_kl(logits.gather(1, s_pos[..., None].expand(-1, -1, logits.size(-1))),
                                           t_logits, mask)
         if opening_weight:  # load_prior checked that the SFT responses have an opening line
@@ -275,21 +271,22 @@ def prior_distill_loss(teacher, weight, opening_weight):
     return loss_fn
 
 
-def load_teacher(ckpt, device, meta):
-    """The frozen annotated-pretrained model whose annotation prior distillation keeps: the SFT's
-    own starting point (for a resumed run, the one it started from)."""
-    if not ckpt.get('annotated'):
-        raise UserError("anchor_prior='distill' needs an annotated pretrained init_dir (the prior to keep); "
-                        "use anchor_prior='mask' on a plain pretrained model")
+def load_teacher(ckpt, device, meta, annotated):
+    """The frozen pretrained model that prior distillation keeps the SFT model close to: the SFT's
+    own starting point (for a resumed run, the one it started from); annotated for method='anchored'
+    (its annotation prior), plain for method='sft' (the control's counterpart)."""
+    if bool(ckpt.get('annotated')) != annotated:
+        raise UserError("anchor_prior='distill' with method='anchored' needs an annotated pretrained init_dir (the "
+                        "prior to keep), with method='sft' a plain one; use anchor_prior='mask' to train without it")
     teacher_dir = init_dir if init_from == 'pretrained' else ckpt['init_dir']
-    return load_annotated_prior(teacher_dir, device, meta['fingerprint'], 'init_dir')
+    return load_frozen_pretrained(teacher_dir, device, meta['fingerprint'], 'init_dir', annotated)
 
 
 def check_resume(ckpt):
     """A resumed run continues the same post-training: the same method and remedy."""
     if ckpt.get('stage') != 'sft' or ckpt.get('method') != method:
         raise UserError(f"{out_dir}/ckpt.pt is not a method='{method}' SFT checkpoint")
-    if ckpt.get('anchor_prior') != (anchor_prior if method == 'anchored' else None):
+    if ckpt.get('anchor_prior') != anchor_prior:
         raise UserError(f"{out_dir}/ckpt.pt was trained with anchor_prior={ckpt.get('anchor_prior')}, "
                         f"not {anchor_prior}")
     for key, default in (('replay_rows', 0), ('replay_docs', False)):
@@ -327,24 +324,47 @@ def load_sft_data(ddir, meta, block_size):
     return rows, topics, replay
 
 
-def load_prior(ddir, special, rows, block_size):
-    """What prior distillation draws its prior rows from: the annotated pretraining stream, the
-    (start, end) of every annotation z in it (<|ann|> z <|text|>) short enough that a prior row
-    fits in block_size after any SFT row's prompt, and the SFT format's opening line."""
-    stream = token_stream(ddir, 'annotated', 'train', 1)
+def annotation_spans(stream, special):
+    """(start, end) of every annotation z in an annotated stream (<|ann|> z <|text|>)."""
     ann, txt = np.flatnonzero(stream == special[ANN]), np.flatnonzero(stream == special[TEXT])
     j = np.searchsorted(txt, ann)  # the first <|text|> after each <|ann|>
     ok = j < len(txt)
-    spans = np.stack([ann[ok] + 1, txt[j[ok]]], 1)
+    return np.stack([ann[ok] + 1, txt[j[ok]]], 1)
+
+
+def document_spans(stream, special, lengths, rng):
+    """The plain counterpart of annotation_spans: (start, end) of the first tokens of documents of
+    a plain stream, each as many as the prior row of a random annotation distills (its length + 1,
+    for <|text|>), cut at the document's end: the same count of distilled positions, the same cost."""
+    bos = np.flatnonzero(stream == special[BOS])
+    starts = bos + 1
+    ends = np.minimum(starts + rng.choice(lengths + 1, len(starts)), np.append(bos[1:], len(stream)))
+    spans = np.stack([starts, ends], 1)
+    return spans[spans[:, 1] > spans[:, 0]]
+
+
+def load_prior(ddir, special, rows, block_size, annotated, seed):
+    """What prior distillation draws its prior rows from: a pretraining stream, the (start, end) of
+    the spans to distill (annotated: every annotation z; plain: the opening of every document, as
+    long as an annotation's row) short enough that a prior row fits in block_size after any SFT
+    row's prompt, and the SFT format's opening line."""
+    ann_stream = token_stream(ddir, 'annotated', 'train', 1)
+    spans = annotation_spans(ann_stream, special)
+    stream = ann_stream
+    if not annotated:
+        stream = token_stream(ddir, 'plain', 'train', 1)
+        spans = document_spans(stream, special, spans[:, 1] - spans[:, 0], np.random.default_rng(seed))
     opening = sft_opening(rows, special)
     if opening_weight and not opening:
         raise UserError("opening_weight > 0 needs SFT responses that start alike (the format's opening line); "
                         "these have none in common: set opening_weight=0")
-    room = block_size - max(annotation_span(ids, special)[0] + 1 for ids, _ in rows) - 1 - len(opening)
+    head = max((annotation_span(ids, special)[0] if annotated else ids.index(special[ASSISTANT])) + 1
+               for ids, _ in rows)
+    room = block_size - head - len(opening) - (1 if annotated else 0)
     spans = spans[spans[:, 1] - spans[:, 0] <= room]
     if not len(spans):
-        raise UserError(f"{ddir}/annotated_train.bin has no annotation that fits in block_size={block_size} "
-                        "after an SFT prompt: nothing to distill the prior on")
+        raise UserError(f"{ddir}: no {'annotation' if annotated else 'document opening'} fits in "
+                        f"block_size={block_size} after an SFT prompt: nothing to distill the prior on")
     return stream, spans, opening
 
 
@@ -374,11 +394,12 @@ def main():
     ddir = data_dir or ckpt['data_dir']
     meta = load_meta(ddir)
     check_meta(ckpt, meta, ddir)
-    distill = method == 'anchored' and anchor_prior == 'distill'
-    teacher = load_teacher(ckpt, env['device'], meta) if distill else None
+    distill, annotated = anchor_prior == 'distill', method == 'anchored'
+    teacher = load_teacher(ckpt, env['device'], meta, annotated) if distill else None
     model_args = dict(ckpt['model_args'], dropout=sft_dropout)
     rows, topics, replay = load_sft_data(ddir, meta, model_args['block_size'])
-    prior = load_prior(ddir, meta['special_tokens'], rows['train'], model_args['block_size']) if distill else None
+    prior = (load_prior(ddir, meta['special_tokens'], rows['train'], model_args['block_size'], annotated, seed)
+             if distill else None)
     torch.manual_seed(seed + env['rank'])
     ckpt['model_args'] = model_args
     model = model_from_checkpoint(ckpt, env['device'])
@@ -396,7 +417,7 @@ def main():
     extra = dict(stage='sft', method=method, model_args=model_args, config=config, data_dir=ddir,
                  meta_fingerprint=meta['fingerprint'], pretrain_config=pretrain_config,
                  init_dir=ckpt['init_dir'] if init_from == 'resume' else init_dir,
-                 annotated=ckpt.get('annotated', False), anchor_prior=anchor_prior if method == 'anchored' else None)
+                 annotated=ckpt.get('annotated', False), anchor_prior=anchor_prior)
     special = meta['special_tokens']
     get_batch = make_get_batch(rows['train'], env['device'], special, prior, replay, annotated=method == 'anchored')
     lr_at = partial(lr_multiplier, max_iters=sft_iters, warmup_iters=sft_warmup_iters, schedule='wsd',

@@ -5,18 +5,22 @@ arm at every seed, sampling and the diversity report.
     base              plain pretraining, unconditional samples (the diversity reference)
     annotated-base    annotated pretraining, unconditional samples (annotation, then text)
     sft               plain pretraining + standard SFT: the paper's baseline
-    sft-replay        the same + everything the anchored arm gets besides the annotation (replay of
-                      pretraining documents, from the plain stream, and its learning rate): the fair control
-    anchored          annotated pretraining + anchored SFT as the config sets it, annotation sampled
-                      first: the headline arm
-    anchored-noann    ablation: the anchored model with an empty annotation (sample.py --no_annotation)
-    anchored-prior    the anchored model, its annotation drawn from the annotated *pretrained* model,
-                      i.e. from the prior R(z) that anchored SFT means to keep
+    sft-replay        + replay of plain pretraining documents at the anchored arm's learning rate
+    sft-distill       + the plain counterpart of prior distillation: the strongest control, every
+                      term of the anchored arm's loss but the annotation
+    anchored          annotated pretraining + anchored SFT as the config sets it (masking, replay,
+                      prior distillation), annotation sampled first: the headline arm
+  with --decomposition=True, where the gain comes from, and the paper's ablations:
     anchored-mask     anchored SFT with the paper's plain masking only: the paper-faithful arm
-    anchored-plain    ablation: anchored SFT (masking) on the plain pretrained model (no prior to keep)
+    anchored-replay   + replay (the anchored arm without prior distillation)
+    anchored-noann    the anchored model with an empty annotation (sample.py --no_annotation)
+    anchored-prior    the anchored model, its annotation drawn from the annotated *pretrained* model,
+                      i.e. from the prior R(z) that anchored SFT means to keep (ablation_seeds)
+    anchored-plain    anchored SFT (masking) on the plain pretrained model: no prior to keep (ablation_seeds)
 
     python study.py config/small.py                                  # runs/small.sh: the laptop study
-    python study.py config/small.py --temperatures=0.6,0.8,1.0,1.1   # + sft, sft-replay, anchored at each
+    python study.py config/small.py --decomposition=True             # runs/decompose.sh
+    python study.py config/small.py --temperatures=0.6,0.8,1.0,1.1   # + the controls and anchored at each
     python study.py config/small.py --sft_topic_counts=1,2,4,8 --out_root=out/entropy   # SFT-set entropy
     python study.py config/small.py --sizes='xs:--n_layer=2 --n_embd=64 --n_head=2;s:' --out_root=out/scaling
     python study.py config/small.py --variants='sft-lr0.1:--method=sft --replay_rows=0 --sft_lr_frac=0.1'
@@ -24,8 +28,8 @@ arm at every seed, sampling and the diversity report.
 
 A figure is a result only when its uncertainty includes training: every arm is post-trained and
 sampled once per seed (replicate k uses seed + k), from the same pretrained pair, and the report's
-CIs resample the seeds, then the prompts. The ablations anchored-prior, anchored-mask and
-anchored-plain run at ablation_seeds. pretrain_seeds > 1 also repeats the pretraining pair:
+CIs resample the seeds and the prompts. The ablations anchored-prior and anchored-plain run at
+ablation_seeds. pretrain_seeds > 1 also repeats the pretraining pair:
 replicate k then starts from pretraining pair k // seeds (runs/seeds.sh: one post-training per
 pretraining, so that the replicates are independent). Every stage runs as its own script with the
 config files named on the command line (stages.py: skipped when its outputs and stamp are unchanged).
@@ -49,17 +53,19 @@ num_samples = 32  # per eval prompt, arm and seed
 max_new_tokens = 128
 temperature = 1.0
 seeds = 1  # post-training and sampling seeds of every arm (config/small.py: 3)
-ablation_seeds = 1  # seeds of the ablations anchored-prior, anchored-mask and anchored-plain
+ablation_seeds = 1  # seeds of the ablations anchored-prior and anchored-plain
+decomposition = False  # also the arms that say where the gain comes from (anchored-mask, anchored-replay)
+#                        and the paper's ablations, beside the headline arms (runs/decompose.sh)
 pretrain_seeds = 1  # pretraining pairs; replicate k starts from pair k // seeds
 seed = 1337  # replicate k trains and samples with seed + k, its pretraining pair with seed + k // seeds
-temperatures = ''  # e.g. '0.6,0.8,1.0,1.1': sft, sft-replay and anchored also sampled at these (frontier)
+temperatures = ''  # e.g. '0.6,0.8,1.0,1.1': the controls and anchored also sampled at these (frontier)
 variants = ''  # extra post-training runs 'name:args;name:args' from the study's pretrained models, each sampled
 #                at every seed (the SFT-recipe sweep); a name starting with 'anchored' is compared like one
 sft_topic_counts = ''  # e.g. '1,2,4,8': SFT sets allowing that many topics (collapse vs SFT-set entropy)
 sweep_topics = ''  # the sweep's topics in order, k topics = the first k; '' = the most common values of sft_key
 sweep_rows = 150  # SFT rows per sweep set: equal size, so only the semantic entropy differs
 sweep_docs = 1200  # SFT documents held out over all sweep topics
-sizes = ''  # scaling: 'name:pretrain args;name:args' (base, sft, sft-replay, anchored at each size)
+sizes = ''  # scaling: 'name:pretrain args;name:args' (base, the controls, anchored at each size)
 jobs = 1  # training and sampling stages that do not depend on each other run this many at a time, each
 # with cores // jobs torch threads (a small model uses 2 threads poorly: on 2 cores the two pretrainings
 # side by side at 1 thread each finish ~20% sooner than one after the other at 2 threads)
@@ -71,28 +77,39 @@ config_files = [a for a in sys.argv[1:] if not a.startswith('--')]
 # -----------------------------------------------------------------------------
 
 PAPER = ['--anchor_prior=mask', '--replay_rows=0']  # the paper's anchored SFT: z masked, nothing more
-# post-training runs: method, the pretrained model it starts from, what it changes of the config's recipe
+# post-training runs: method, the pretrained model it starts from, what it changes of the config's
+# recipe. The config's recipe is the anchored arm's; each control takes the same terms on the plain
+# side: the rungs sft < sft-replay < sft-distill and anchored-mask < anchored-replay < anchored add
+# one ingredient each, and each plain rung has its annotated twin.
 RUNS = {
-    'sft': ('sft', 'base', ['--replay_rows=0']),
-    'sft-replay': ('sft', 'base', []),
+    'sft': ('sft', 'base', PAPER),
+    'sft-replay': ('sft', 'base', ['--anchor_prior=mask']),
+    'sft-distill': ('sft', 'base', []),
     'anchored': ('anchored', 'annotated-base', []),
     'anchored-mask': ('anchored', 'annotated-base', PAPER),
+    'anchored-replay': ('anchored', 'annotated-base', ['--anchor_prior=mask']),
     'anchored-plain': ('anchored', 'base', PAPER),
 }
-ABLATIONS = ('anchored-prior', 'anchored-mask', 'anchored-plain')  # at ablation_seeds
+HEADLINE = ('base', 'annotated-base', 'sft', 'sft-replay', 'sft-distill', 'anchored')
+CONTROLS = ('sft', 'sft-replay', 'sft-distill')  # the headline arm against each, the last the strongest
+DECOMPOSITION = ('anchored-mask', 'anchored-replay', 'anchored-noann')  # at every seed
+ABLATIONS = ('anchored-prior', 'anchored-plain')  # at ablation_seeds
+LADDER = 'sft,sft-replay,sft-distill;anchored-mask,anchored-replay,anchored'  # one ingredient a rung
 # sampled arms: the run (or pretrained model) they sample and how
 ARMS = {
     'base': ('base', []),
     'annotated-base': ('annotated-base', []),
     'sft': ('sft', []),
     'sft-replay': ('sft-replay', []),
+    'sft-distill': ('sft-distill', []),
     'anchored': ('anchored', []),
+    'anchored-replay': ('anchored-replay', []),
     'anchored-noann': ('anchored', ['--no_annotation=True']),
     'anchored-prior': ('anchored', ['--annotation_from={annotated-base}']),
     'anchored-mask': ('anchored-mask', []),
     'anchored-plain': ('anchored-plain', []),
 }
-SWEPT = ('sft', 'sft-replay', 'anchored')  # the arms of the temperature sweep
+SWEPT = ('sft', 'sft-replay', 'sft-distill', 'anchored')  # the arms of the temperature sweep
 
 
 class Study:
@@ -159,7 +176,7 @@ class Study:
         run, extra = ARMS[arm]
         self.sample(k, name or arm, self.model(k, run), extra, temp)
 
-    def report(self, anchored, controls):
+    def report(self, anchored, controls, ladder=''):
         """The diversity stage over every sample written so far; returns its stage name."""
         rdir = self.rdir
         spec = ','.join(f'{a}={p}' for a, p, _ in self.samples)
@@ -167,7 +184,8 @@ class Study:
         name = 'diversity' if rdir == os.path.join(self.root, 'report') else f'diversity:{rdir}'
         return self.add(Stage(f'{self.tag}{name}', 'diversity.py',
                               [f'--samples={spec}', f'--data_dir={self.data_dir}', f'--out_dir={rdir}',
-                               f"--anchored_arms={','.join(anchored)}", f"--control_arms={','.join(controls)}"],
+                               f"--anchored_arms={','.join(anchored)}", f"--control_arms={','.join(controls)}",
+                               *([f'--ladder={ladder}'] if ladder else [])],
                               [os.path.join(rdir, 'report.md')], deps, threaded=False))
 
 
@@ -189,11 +207,12 @@ def parse_variants():
 
 
 def main_study(study, temps):
-    """The arms of the laptop study; returns the anchored arms and the controls they are compared with."""
+    """The arms of the laptop study; returns the anchored arms, the controls they are compared with
+    and the decomposition ladder ('' without --decomposition)."""
     for k in replicates():
-        for arm in ('base', 'annotated-base', 'sft', 'sft-replay', 'anchored', 'anchored-noann'):
+        for arm in HEADLINE + (DECOMPOSITION if decomposition else ()):
             study.arm(k, arm)
-        if k in replicates(ablation=True):  # beside the first seeds: their embedding runs beside training too
+        if decomposition and k in replicates(ablation=True):  # beside the first seeds: embedded beside training
             for arm in ABLATIONS:
                 study.arm(k, arm)
         for t in temps:
@@ -202,8 +221,9 @@ def main_study(study, temps):
         for name, method, init, args in parse_variants():
             study.sample(k, name, study.model(k, name, method, init, args))
         study.embed(f'seed{seed + k}')
-    anchored = ['anchored', 'anchored-noann', 'anchored-prior', 'anchored-mask', 'anchored-plain']
-    return anchored + [n for n, *_ in parse_variants() if n.startswith('anchored')], ['sft', 'sft-replay']
+    anchored = ['anchored'] + (list(DECOMPOSITION + ABLATIONS) if decomposition else [])
+    variants_ = [n for n, *_ in parse_variants() if n.startswith('anchored')]
+    return anchored + variants_, list(CONTROLS), LADDER if decomposition else ''
 
 
 def entropy_study(study, ks, topics):
@@ -212,7 +232,7 @@ def entropy_study(study, ks, topics):
         study.arm(k, 'base')
         for n in ks:
             rows = [f'--sft_topics={",".join(topics[:n])}', f'--sft_max_rows={sweep_rows}']
-            for run, method, init, extra in (('sft', 'sft', 'base', ['--replay_rows=0']),
+            for run, method, init, extra in (('sft', 'sft', 'base', PAPER),
                                              ('anchored', 'anchored', 'annotated-base', [])):
                 study.sample(k, f'{run}-k{n}', study.model(k, f'{run}-k{n}', method, init, rows + extra))
         study.embed(f'seed{seed + k}')
@@ -220,13 +240,13 @@ def entropy_study(study, ks, topics):
 
 def scaling_study(study):
     for k in replicates():
-        for arm in ('base', 'sft', 'sft-replay', 'anchored'):
+        for arm in ('base', 'sft', 'sft-replay', 'sft-distill', 'anchored'):
             study.arm(k, arm)
         study.embed(f'seed{seed + k}')
     for k in replicates(ablation=True):
         study.arm(k, 'anchored-mask')
     study.embed('ablations')
-    return ['anchored', 'anchored-mask'], ['sft', 'sft-replay']
+    return ['anchored', 'anchored-mask'], list(CONTROLS)
 
 
 def check_study_config():
@@ -334,10 +354,10 @@ def main():
         if ks:
             entropy_study(study, ks, topics)
             k2 = 2 if 2 in ks else ks[0]  # the k=2 pair stands for sft/anchored in the headline
-            anchored, controls = [f'anchored-k{k2}'], [f'sft-k{k2}']
+            anchored, controls, ladder = [f'anchored-k{k2}'], [f'sft-k{k2}'], ''
         else:
-            anchored, controls = main_study(study, temps)
-        study.report(anchored, controls)
+            anchored, controls, ladder = main_study(study, temps)
+        study.report(anchored, controls, ladder)
         runner.run(list(study.stages.values()))
         text = finish_report(rdir, ks, runner, t_start)
     write_text(os.path.join(rdir, 'report.md'), text)

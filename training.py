@@ -169,12 +169,13 @@ def check_meta(ckpt, meta, data_dir):
                         f"the checkpoint's ({ckpt.get('meta_fingerprint')}); use the data dir it was trained on")
 
 
-def load_annotated_prior(run_dir, device, fingerprint, what):
-    """The frozen annotated pretrained model of run_dir: the prior R(z) that anchored SFT means to
-    keep (prior distillation's teacher), and that sample.py can draw annotations from."""
+def load_frozen_pretrained(run_dir, device, fingerprint, what, annotated=True):
+    """The frozen pretrained model of run_dir. Annotated: the prior R(z) that anchored SFT means to
+    keep (prior distillation's teacher), and that sample.py can draw annotations from; plain: the
+    teacher of the control's counterpart of prior distillation."""
     ckpt = load_checkpoint(os.path.join(run_dir, 'ckpt.pt'), device)
-    if ckpt.get('stage') != 'pretrain' or not ckpt.get('annotated'):
-        raise UserError(f"{what}={run_dir} is not an annotated pretrained checkpoint")
+    if ckpt.get('stage') != 'pretrain' or bool(ckpt.get('annotated')) != annotated:
+        raise UserError(f"{what}={run_dir} is not {'an annotated' if annotated else 'a plain'} pretrained checkpoint")
     if ckpt.get('meta_fingerprint') != fingerprint:
         raise UserError(f"{what}={run_dir} was trained on another tokenizer/format")
     model = model_from_checkpoint(ckpt, device).eval()

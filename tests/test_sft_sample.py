@@ -32,6 +32,9 @@ def ckpts(tiny_data, tmp_path_factory):
     # and its fair control: standard SFT with the same replay, from the plain stream, at the same rate
     run('anchor_sft.py', '--method=sft', *recipe, f'--init_dir={root / "base"}', f'--out_dir={root / "sft-replay"}',
         *SFT)
+    # and its strongest control: the same, plus the plain counterpart of prior distillation
+    run('anchor_sft.py', '--method=sft', '--anchor_prior=distill', '--opening_weight=0.05', *recipe,
+        f'--init_dir={root / "base"}', f'--out_dir={root / "sft-distill"}', *SFT)
     return root
 
 
@@ -93,7 +96,7 @@ def test_prior_rows_positions_and_loss(tiny_data):
     assert opening == rows[0][0][end + 1:end + 1 + len(opening)] and enc.decode(opening).startswith('Sure!')
     assert anchor_sft.sft_opening(rows + [sft_example(enc, special, 'Hi.', 'No.', 'topic:Arts')], special) == []
     zs = [encode_annotation(enc, 'topic:History entity:Rome')[0], encode_annotation(enc, 'topic:Sport')[0]]
-    x, y, t_in, s_pos, mask = anchor_sft.prior_rows([ids for ids, _ in rows], zs, special, opening)
+    x, y, t_in, t_pos, s_pos, mask = anchor_sft.prior_rows([ids for ids, _ in rows], zs, special, opening)
     for b, ((ids, _), z) in enumerate(zip(rows, zs)):
         start = annotation_span(ids, special)[0]
         text = start + 1 + len(z)
@@ -105,6 +108,7 @@ def test_prior_rows_positions_and_loss(tiny_data):
         teacher = [special[BOS], special[ANN]] + z
         assert t_in[b, :len(teacher)].tolist() == teacher
         # aligned positions read the same token: teacher position j + 1 and student position start + j
+        assert t_pos[b][mask[b]].tolist() == list(range(1, len(pos) + 1))
         assert [t_in[b, j + 1].item() for j in range(len(pos))] == [student[p] for p in pos]
         # the opening line is the only target: <|text|> predicts its first token, its last predicts nothing
         assert [(i, t) for i, t in enumerate(y[b].tolist()) if t != IGNORE] == \
@@ -127,7 +131,7 @@ def test_prior_rows_positions_and_loss(tiny_data):
         expect[b, s_pos[b][mask[b]]] = True
     assert torch.equal(touched, expect)  # no gradient at the prompt, the opening line or the padding
 
-    stream, spans, found = anchor_sft.load_prior(tiny_data, special, rows, 256)
+    stream, spans, found = anchor_sft.load_prior(tiny_data, special, rows, 256, True, 0)
     assert found == opening and torch.equal(torch.from_numpy(stream.astype('int64')),
                                             torch.from_numpy(token_stream(tiny_data, 'annotated', 'train', 1)
                                                              .astype('int64')))
@@ -137,7 +141,7 @@ def test_prior_rows_positions_and_loss(tiny_data):
     # only annotations whose prior row fits in block_size after the longest prompt
     head = max(annotation_span(ids, special)[0] + 1 for ids, _ in rows)
     room = int(sorted(spans[:, 1] - spans[:, 0])[len(spans) // 2])  # the median annotation's length
-    short = anchor_sft.load_prior(tiny_data, special, rows, head + room + 1 + len(opening))[1]
+    short = anchor_sft.load_prior(tiny_data, special, rows, head + room + 1 + len(opening), True, 0)[1]
     assert 0 < len(short) < len(spans) and (short[:, 1] - short[:, 0]).max() == room
 
 
@@ -155,11 +159,11 @@ def test_replay_rows_and_their_loss(tiny_data):
     rows = [sft_example(enc, special, p, 'Sure!\nA poem.', z)
             for p, z in (('Hi there.', 'topic:Arts entity:Mona_Lisa'), ('Hi.', 'topic:Sport'), ('Yo.', 'topic:Arts'))]
     stream = np.arange(1000, dtype=np.uint16) % 97 + 5
-    prior = anchor_sft.load_prior(tiny_data, special, rows, 256)
+    prior = anchor_sft.load_prior(tiny_data, special, rows, 256, True, 0)
     anchor_sft.sft_batch_size, anchor_sft.replay_rows = 3, 2
     try:
-        plain = anchor_sft.make_get_batch(rows, 'cpu', special, prior)
-        mixed = anchor_sft.make_get_batch(rows, 'cpu', special, prior, stream)
+        plain = anchor_sft.make_get_batch(rows, 'cpu', special, prior, annotated=True)
+        mixed = anchor_sft.make_get_batch(rows, 'cpu', special, prior, stream, annotated=True)
         x0, y0, *_ = plain('train', torch.Generator().manual_seed(3), [0])[0]
         x, y, *d = mixed('train', torch.Generator().manual_seed(3), [0])[0]
         assert x.shape == (5, x0.size(1)) and torch.equal(x[:3], x0) and torch.equal(y[:3], y0)
@@ -223,7 +227,7 @@ def test_sft_outputs(ckpts):
     s = json.load(open(ckpts / 'anchor' / 'sft_set.json'))
     assert s['rows'] > 0 and s['sft_key'] == 'topic' and 0 < s['entropy_bits'] <= 1.0001  # two topics
     # the SFT length rule. Default (sft_patience 0): a fixed length, the last checkpoint is the model
-    for name in ('sft', 'distill', 'sft-replay'):
+    for name in ('sft', 'distill', 'sft-replay', 'sft-distill'):
         assert not (ckpts / name / 'best.pt').exists()
         assert torch.load(ckpts / name / 'ckpt.pt', weights_only=False)['iter_num'] == 4
     # with sft_patience: the checkpoint of the lowest val loss is kept as best.pt (here: 'anchor')
@@ -232,10 +236,13 @@ def test_sft_outputs(ckpts):
     assert (best['best_val_loss'], best['iter_num']) == min(evals)
     d = torch.load(ckpts / 'distill' / 'ckpt.pt', weights_only=False)
     assert d['anchor_prior'] == 'distill' and ck['anchor_prior'] == 'mask'
+    sd = torch.load(ckpts / 'sft-distill' / 'ckpt.pt', weights_only=False)
+    assert sd['anchor_prior'] == 'distill' and sd['method'] == 'sft' and not sd['annotated']
     # the learning rates: sft_lr_frac (0.1 by default) of the pretraining's; replay_lr_frac for an arm
     # that replays, whatever its method (the fair control trains like the anchored arm)
     pre = torch.load(ckpts / 'annotated' / 'ckpt.pt', weights_only=False)['config']
-    for c, frac in ((ck, 0.1), (d, 0.3), (torch.load(ckpts / 'sft-replay' / 'ckpt.pt', weights_only=False), 0.3)):
+    for c, frac in ((ck, 0.1), (d, 0.3), (torch.load(ckpts / 'sft-replay' / 'ckpt.pt', weights_only=False), 0.3),
+                    (sd, 0.3)):
         lrs = sorted({g['base_lr'] for o in c['optimizer'] for g in o['param_groups']})  # AdamW and Muon
         assert lrs == pytest.approx(sorted(frac * pre[k] for k in ('learning_rate', 'matrix_lr')))
 
@@ -290,11 +297,49 @@ def test_seeds_give_distinct_runs_and_samples(ckpts, tmp_path):
     assert samples(tmp_path / 'a.jsonl') == samples(tmp_path / 'c.jsonl')
 
 
-def test_distill_needs_an_annotated_prior(ckpts):
-    """Distillation needs an annotated prior to keep: a plain pretrained model has none."""
+def test_distill_needs_a_teacher_of_its_kind(ckpts):
+    """Anchored distillation needs an annotated prior to keep (a plain pretrained model has none); the
+    control's counterpart distills toward the plain pretrained model it starts from."""
     r = run('anchor_sft.py', '--method=anchored', '--anchor_prior=distill', f'--init_dir={ckpts / "base"}',
             f'--out_dir={ckpts / "nope"}', *SFT, check=False)
-    one_error_line(r, "anchor_prior='distill' needs an annotated pretrained init_dir")
+    one_error_line(r, "with method='anchored' needs an annotated pretrained init_dir")
+    r = run('anchor_sft.py', '--method=sft', '--anchor_prior=distill', f'--init_dir={ckpts / "annotated"}',
+            f'--out_dir={ckpts / "nope"}', *SFT, check=False)
+    one_error_line(r, "with method='sft' a plain one")
+
+
+def test_plain_prior_rows_are_the_counterpart(tiny_data):
+    """The control's prior rows: the SFT prompt up to <|assistant|>, the opening line (the only
+    target), then the first tokens of a corpus document, each predicted at the student position
+    that the teacher (the plain pretrained model reading <|bos|> and the document) predicts it at;
+    as many distilled positions as an annotated prior row has (its annotation and <|text|>)."""
+    import numpy as np
+    import anchor_sft
+    from formats import ASSISTANT, BOS, encode, token_stream
+    meta = load_meta(tiny_data)
+    enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    rows = [sft_example(enc, special, 'Hi there.', 'Sure!\nA poem.'), sft_example(enc, special, 'Hi.', 'Sure!\nOk.')]
+    opening = anchor_sft.sft_opening(rows, special)
+    assert enc.decode(opening).startswith('Sure!')
+    docs = [encode(enc, 'The river flows'), encode(enc, 'Rome')]
+    x, y, t_in, t_pos, s_pos, mask = anchor_sft.prior_rows([ids for ids, _ in rows], docs, special, opening,
+                                                           annotated=False)
+    for b, ((ids, _), d) in enumerate(zip(rows, docs)):
+        h = ids[:ids.index(special[ASSISTANT]) + 1]
+        student = h + opening + d
+        assert x[b, :len(student)].tolist() == student and not x[b, len(student):].any()
+        assert [(i, t) for i, t in enumerate(y[b].tolist()) if t != IGNORE] == \
+            [(len(h) - 1 + i, t) for i, t in enumerate(opening)]
+        assert t_in[b, :len(d) + 1].tolist() == [special[BOS]] + d
+        sp, tp = s_pos[b][mask[b]].tolist(), t_pos[b][mask[b]].tolist()
+        assert [student[p + 1] for p in sp] == d == [t_in[b, p + 1].item() for p in tp]
+    # the documents' openings, each as long as a random annotation's row, cut at the document's end
+    stream, spans, _ = anchor_sft.load_prior(tiny_data, special, rows, 256, False, 0)
+    assert np.array_equal(stream, token_stream(tiny_data, 'plain', 'train', 1))
+    assert all(stream[a - 1] == special[BOS] and special[BOS] not in stream[a:b] for a, b in spans)
+    ann = token_stream(tiny_data, 'annotated', 'train', 1)
+    longest = int(np.diff(anchor_sft.annotation_spans(ann, special), axis=1).max()) + 1
+    assert 0 < (spans[:, 1] - spans[:, 0]).max() <= longest
 
 
 def test_sft_refusals(tiny_data, ckpts, tmp_path):

@@ -54,28 +54,28 @@ max_new_tokens = 24
 
 def test_study_end_to_end_and_rerun_skips(tmp_path):
     """The scale-up form of the study on a CPU: a data config, then a model config, passed through to
-    every stage, the training stages under torchrun with 2 gloo processes. Two seeds: every arm but
-    the three ablations post-trained and sampled at each, from one pretrained pair; the report's
-    figures are means over the seeds with the value of each."""
+    every stage, the training stages under torchrun with 2 gloo processes. Two seeds: every arm of
+    the headline and the decomposition but the two ablations post-trained and sampled at each, from
+    one pretrained pair; the report's figures are means over the seeds with the value of each."""
     corpus = make_corpus(tmp_path / 'corpus.jsonl', n_docs=120)
     data, model = tmp_path / 'tiny_data.py', tmp_path / 'tiny_model.py'
     data.write_text(TINY_DATA.format(corpus=str(corpus))
                     + STUDY_KEYS.format(out=str(tmp_path / 'out'), data=str(tmp_path / 'data')))
     model.write_text(TINY_MODEL + 'gradient_accumulation_steps = 2\n')  # a micro-batch per rank
-    args = [str(data), str(model), '--temperatures=0.7', '--seeds=2', '--nproc=2']
+    args = [str(data), str(model), '--decomposition=True', '--seeds=2', '--nproc=2']
     r = run('study.py', *args, timeout=900)
     assert 'on cpu x2' in r.stdout  # pretraining and SFT ran on 2 processes
     out = tmp_path / 'out'
     report = out / 'report'
     md = (report / 'report.md').read_text()
-    seeded = ['base', 'annotated-base', 'sft', 'sft-replay', 'anchored', 'anchored-noann',
-              'sft@t0.7', 'sft-replay@t0.7', 'anchored@t0.7']
-    arms = seeded + ['anchored-prior', 'anchored-mask', 'anchored-plain']
+    seeded = ['base', 'annotated-base', 'sft', 'sft-replay', 'sft-distill', 'anchored', 'anchored-mask',
+              'anchored-replay', 'anchored-noann']
+    arms = seeded + ['anchored-prior', 'anchored-plain']
     for arm in arms:
         assert f'| {arm} |' in md, arm
     for metric in ('entropy_topic', 'dissimilarity', 'vendi', 'distinct2', 'gzip', 'quality'):
         assert metric in md
-    for control in ('sft', 'sft-replay'):  # the headline: against standard SFT and against the fair control
+    for control in ('sft', 'sft-replay', 'sft-distill'):  # the headline: against each control
         assert f'anchored vs {control} on entropy_topic: difference' in md
     assert 'topic narrowing' in md and '## How this study ran' in md and 'accuracy' in md.lower()
     assert '## Competence' in md
@@ -88,23 +88,45 @@ def test_study_end_to_end_and_rerun_skips(tmp_path):
     # one pretrained pair; the post-trainings and samples of each seed in their own directories
     assert sorted(p.name for p in out.glob('pretrain*')) == ['pretrain1337']
     for s in (1337, 1338):
-        for run_name in ('sft', 'sft-replay', 'anchored'):
+        for run_name in ('sft', 'sft-replay', 'sft-distill', 'anchored', 'anchored-mask', 'anchored-replay'):
             ck = json.load(open(out / f'seed{s}' / run_name / 'log.json'))
             assert ck[-1]['iter'] == 6  # the fixed SFT length
         rows = [json.loads(l) for l in open(out / 'samples' / f'seed{s}' / 'anchored.jsonl')]
         assert all(r['annotation'] is not None and '<|' not in r['text'] for r in rows)
         noann = [json.loads(l) for l in open(out / 'samples' / f'seed{s}' / 'anchored-noann.jsonl')]
         assert all(r['annotation'] == '' for r in noann)
-    assert not (out / 'seed1338' / 'anchored-mask').exists()  # the ablations at ablation_seeds = 1
+    assert not (out / 'seed1338' / 'anchored-plain').exists()  # the ablations at ablation_seeds = 1
     a, b = (open(out / 'samples' / f'seed{s}' / 'sft.jsonl').read() for s in (1337, 1338))
     assert a != b
     # a re-run finds every stage up to date
     r2 = run('study.py', *args, timeout=600)
     assert 'ran: nothing (all up to date)' in r2.stdout
-    # annotate, 2 pretrainings, 3 SFTs a seed, 2 ablation SFTs, 9 samplings a seed, 3 ablation samplings,
+    # annotate, 2 pretrainings, 6 SFTs a seed, 1 ablation SFT, 9 samplings a seed, 2 ablation samplings,
     # an embed stage a seed, the report
-    assert r2.stdout.count('up to date, skipped') == 1 + 2 + 2 * 3 + 2 + 2 * 9 + 3 + 2 + 1
-    assert json.load(open(out / 'seed1337' / 'anchored-mask' / 'sft_set.json'))['rows'] > 0
+    assert r2.stdout.count('up to date, skipped') == 1 + 2 + 2 * 6 + 1 + 2 * 9 + 2 + 2 + 1
+    assert json.load(open(out / 'seed1337' / 'anchored-plain' / 'sft_set.json'))['rows'] > 0
+
+
+def test_study_graph_the_arms_and_their_recipes(tmp_path, monkeypatch):
+    """The stages the laptop study runs, without running them: the headline arms at every seed, the
+    temperature sweep of the controls and the anchored arm, and what each post-training changes of
+    the config's recipe (one ingredient a rung; the strongest control distills toward the plain model)."""
+    import study
+    monkeypatch.setattr(study, 'seeds', 2)
+    st = study.Study(str(tmp_path / 'out'), str(tmp_path / 'data'), str(tmp_path / 'report'))
+    anchored, controls, ladder = study.main_study(st, [0.7])
+    assert anchored == ['anchored'] and controls == ['sft', 'sft-replay', 'sft-distill'] and ladder == ''
+    names = set(st.stages)
+    for s in (1337, 1338):
+        for arm in study.HEADLINE + tuple(f'{a}@t0.7' for a in study.SWEPT):
+            assert f'sample-{arm}/{s}' in names, arm
+    assert not any('anchored-mask' in n or 'noann' in n for n in names)  # the decomposition is its own command
+    args = {n.split('/')[0]: st.stages[n].args for n in names if st.stages[n].script == 'anchor_sft.py'}
+    assert '--anchor_prior=mask' in args['sft'] and '--replay_rows=0' in args['sft']
+    assert '--anchor_prior=mask' in args['sft-replay'] and not any('replay_rows' in a for a in args['sft-replay'])
+    assert not any('anchor_prior' in a or 'replay_rows' in a for a in args['sft-distill'] + args['anchored'])
+    assert all(f'--init_dir={tmp_path / "out" / "pretrain1337" / "base"}' in args[r]
+               for r in ('sft', 'sft-replay', 'sft-distill'))
 
 
 def test_sft_entropy_sweep(tmp_path):
