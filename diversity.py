@@ -139,6 +139,18 @@ def load_data(data_dir):
     return meta, rows, words
 
 
+def load_in_sft(data_dir):
+    """{prompt_id: whether the SFT set has that prompt} from eval_prompts.jsonl; a note (str) instead
+    where the file or its in_sft field is missing (older data: the section is skipped, not an error)."""
+    path = os.path.join(data_dir, 'eval_prompts.jsonl')
+    if not os.path.isfile(path):
+        return f"no {path}: the figures are not split into the SFT set's prompts and held-out prompts"
+    rows = read_jsonl(path, 'eval prompts')
+    if not all(isinstance(r, dict) and 'prompt_id' in r and isinstance(r.get('in_sft'), bool) for r in rows):
+        return f"{path} has no in_sft field (re-run annotate.py): the figures are not split by prompt group"
+    return {r['prompt_id']: r['in_sft'] for r in rows}
+
+
 # -----------------------------------------------------------------------------
 # embeddings and the judge
 
@@ -270,6 +282,56 @@ def conditioned_figures(st, base, arm, controls, metrics):
     return out
 
 
+def headline_set(heads, point):
+    """The headline's figures under both judges: each headline metric, the bag-of-words twin of a topic
+    entropy, and the share of the SFT set's topics (topic narrowing) under each judge."""
+    topic = [m for m in heads if m.startswith('entropy_')] + ['sft_share']
+    return list(dict.fromkeys(heads + [x for m in topic for x in (m, bow_twin(m)) if x in point]))
+
+
+def prompt_groups(in_sft, pids, notes):
+    """{group: column ids of pids}: the SFT set's own prompts ('in_sft') and the others ('held_out');
+    {} with a note where the prompts file says nothing (in_sft: the note) or a group would be empty."""
+    if isinstance(in_sft, str):
+        notes.append(in_sft)
+        return {}
+    unknown = [p for p in pids if p not in in_sft]
+    if unknown:
+        notes.append(f"{len(unknown)} sampled prompt(s) not in eval_prompts.jsonl (e.g. {unknown[0]!r}): "
+                     "left out of both prompt groups")
+    groups = {g: [i for i, p in enumerate(pids) if p in in_sft and in_sft[p] == flag]
+              for g, flag in (('in_sft', True), ('held_out', False))}
+    if not all(groups.values()):
+        notes.append("the prompts are not split by prompt group: one group has no sampled prompt")
+        return {}
+    return groups
+
+
+def group_figures(st, metrics, hl, base):
+    """The headline's figures in one set of stats: every arm's topic narrowing under each judge and
+    the headline arm minus each control on each of metrics."""
+    a, controls = hl['arm'], hl['controls']
+    out = dict(narrowing={m: narrowing(st, base, m, m) for m in ('sft_share', bow_twin('sft_share'))
+                          if m in metrics})
+    if a and controls:
+        out['diff'] = {m: {c: st.figure(difference, m, c, a) for c in controls} for m in metrics}
+    return out
+
+
+def prompt_group_figures(table, groups, heads, hl, base, boot):
+    """The headline's figures on all prompts, on the SFT set's own prompts and on the held-out ones,
+    each bootstrapped over the prompts of its group only. boot: (resamples, seed, design) of summarize."""
+    if not groups:
+        return {}
+    metrics = headline_set(heads, next(iter(table.values())))
+    n_prompts = next(iter(next(iter(table.values())).values())).shape[1]
+    out = {}
+    for g, ids in dict(all=list(range(n_prompts)), **groups).items():
+        st = summarize({a: {m: v[:, ids] for m, v in ms.items()} for a, ms in table.items()}, *boot)
+        out[g] = dict(prompts=len(ids), **group_figures(st, metrics, hl, base))
+    return dict(metrics=metrics, groups=out)
+
+
 def headline_figures(st, comp, heads, anchored, controls, names):
     """The headline block of report.json: the headline metrics, topic narrowing under each judge, the
     headline arm's narrowing against each control, the two judges' verdicts and the sentences.
@@ -392,7 +454,7 @@ def measure_arms(model, judges, ref, data, paths, prior):
             n = per_rep[0][2]
             for k in ref['cat_keys']:
                 prior[k]['same_n'][arm] = dict(n=n, entropy=ref['prior_h'](k, n))
-    return table, arms, len(pids)
+    return table, arms, pids
 
 
 def embed_samples(data, meta):
@@ -411,6 +473,7 @@ def main():
         torch.set_num_threads(threads)
     data, paths = load_samples(samples)
     meta, heldout, words = load_data(data_dir)
+    in_sft = load_in_sft(data_dir)
     # the output dir is made only once the inputs have loaded: a bad input leaves nothing behind
     check_out_dir(out_dir, 'out_dir')
     clean_stale_temps(out_dir, ('report.json', 'report.md', 'diversity_quality.png'))
@@ -436,7 +499,7 @@ def main():
             raise UserError(f"headline metric '{missing[0]}' has no judge (too few values in heldout.jsonl)")
         heads = [h for h in heads if h in div_metrics] or ['dissimilarity']
     ref, prior = corpus_reference(meta, heldout, words, cat_keys, rng)
-    table, arms, n_prompts = measure_arms(model, judges, ref, data, paths, prior)
+    table, arms, pids = measure_arms(model, judges, ref, data, paths, prior)
     st = summarize(table, bootstrap, seed, bootstrap_design)
     for a in arms:
         arms[a]['metrics'] = {m: dict(mean=st.point[a][m], ci=ci95(st.boot[a][m]), t_ci=t_interval(st.seeds[a][m]),
@@ -446,7 +509,10 @@ def main():
     hl = headline_figures(st, comp, heads, anchored, controls, (base_arm, control_arms, anchored_arms))
     qm = [m for m in div_metrics if 'q_' + m in next(iter(st.point.values()))]
     good = conditioned_figures(st, base_arm, hl['arm'], controls, qm)
-    rep = dict(prompts=n_prompts, headline=hl, arms=arms, collapse=collapse_table(st, div_metrics, base_arm, notes),
+    groups = prompt_group_figures(table, prompt_groups(in_sft, pids, notes), heads, hl, base_arm,
+                                  (bootstrap, seed, bootstrap_design))
+    rep = dict(prompts=len(pids), headline=hl, prompt_groups=groups, arms=arms,
+               collapse=collapse_table(st, div_metrics, base_arm, notes),
                comparisons=comp, matched_quality=frontier, judge=judge_stats[''],
                bow_judge=judge_stats['bow_'], quality_conditioned=good, prior=prior, cat_keys=ref['cat_keys'],
                sft_key=ref['sft_key'], sft_values=sorted(ref['sft_values']), notes=notes, environment=environment(),

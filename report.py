@@ -368,6 +368,30 @@ def quality_lines(rep):
     return L + ['']
 
 
+GROUP_NAMES = dict(all='all prompts', in_sft="the SFT set's prompts", held_out='held-out prompts')
+
+
+def prompt_group_lines(rep):
+    """The headline's figures on all prompts, the SFT set's own prompts and the held-out ones."""
+    pg = rep.get('prompt_groups') or {}
+    if not pg:
+        return []
+    gs, a = pg['groups'], rep['headline']['arm']
+    f = lambda m: pts if 'sft_share' in m else signed
+    L = ["## The SFT set's prompts and held-out prompts", '',
+         "Does the anchored arm keep its diversity on prompts SFT never saw? Each figure on all prompts, on the "
+         "prompts the SFT set has, and on the others; each CI a bootstrap over the prompts of its group only.", '',
+         '| figure | ' + ' | '.join(f"{GROUP_NAMES[g]} ({d['prompts']})" for g, d in gs.items()) + ' |',
+         '|---' * (len(gs) + 1) + '|']
+    for m, per in (gs['all'].get('diff') or {}).items():
+        L += [f"| {a} - {c}{mark(rep, a, c)}, {m} | "
+              f"{' | '.join(with_ci(d['diff'][m][c], f(m)) for d in gs.values())} |" for c in per]
+    for m, per in gs['all']['narrowing'].items():
+        L += [f"| narrowing {arm}{mark(rep, arm, rep['config']['base_arm'])}, {m} | "
+              f"{' | '.join(with_ci(d['narrowing'][m][arm], pts) for d in gs.values())} |" for arm in per]
+    return L + ['']
+
+
 def render_md(rep, div_metrics, heads):
     """report.md: headline, competence, diversity per arm, collapse, judge, annotation details."""
     L = header_lines(rep) + headline_lines(rep)
@@ -383,7 +407,8 @@ def render_md(rep, div_metrics, heads):
         cells = [f"{with_ci(r['metrics'][m])} {per_seed(r['metrics'][m])}".strip() if m in heads
                  else fmt(r['metrics'][m]['mean']) for m in cols]
         L.append(f"| {a}{mark(rep, a)} | {r['samples_per_prompt']:g} | {' | '.join(cells)} |")
-    L += [''] + quality_lines(rep) + (collapse_lines(rep, heads) if rep['collapse'] else []) + frontier_lines(rep)
+    L += [''] + quality_lines(rep) + prompt_group_lines(rep)
+    L += (collapse_lines(rep, heads) if rep['collapse'] else []) + frontier_lines(rep)
     L += judge_lines(rep)
     L += [''] + annotation_lines(rep)
     if rep['notes']:

@@ -212,6 +212,8 @@ def data_dir(tmp_path_factory):
     rows = [dict(text=doc(t, rng), annotation=f'topic:{t} entity:Thing_{i}')
             for i in range(42) for t in [list(WORDS)[i % 3]]]
     (d / 'heldout.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    prompts = [dict(prompt_id=p, prompt=f'write about {p}', in_sft=p != 'p3') for p in ('p1', 'p2', 'p3')]
+    (d / 'eval_prompts.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in prompts))
     return d
 
 
@@ -303,6 +305,10 @@ def test_end_to_end(tmp_path, data_dir):
     sd = rep['headline']['share_diff']['sft_share']['sft']
     assert sd['value'] == pytest.approx(m['anchored']['metrics']['sft_share']['mean']
                                         - m['sft']['metrics']['sft_share']['mean'])
+    groups = rep['prompt_groups']['groups']
+    assert {g: d['prompts'] for g, d in groups.items()} == {'all': 3, 'in_sft': 2, 'held_out': 1}
+    assert groups['all']['narrowing']['sft_share']['sft']['value'] == rep['headline']['narrowing']['sft']['value']
+    assert "| figure | all prompts (3) | the SFT set's prompts (2) | held-out prompts (1) |" in md
     assert rep['headline']['bow_narrowing']['sft']['value'] == pytest.approx(
         m['sft']['metrics']['bow_sft_share']['mean'] - m['base']['metrics']['bow_sft_share']['mean'])
     assert m['base']['metrics']['entropy_topic']['mean'] > m['sft']['metrics']['entropy_topic']['mean']
@@ -424,6 +430,30 @@ def test_nan_aware_means():
     assert st.point['a']['m'] == 3.0 and list(st.seeds['a']['m']) == [1.0, 4.0]
     assert not np.isnan(st.boot['a']['m']).all()
     assert math.isnan(dv.nan_mean(np.full(3, math.nan)))  # all NaN: NaN, without a warning
+
+
+def test_prompt_groups_split_the_headline():
+    """SFT narrows 80 points on the SFT set's prompts p0, p1 and 20 on the held-out p2; the anchored arm
+    30 on every prompt: each group's figures are those of its own prompts, the whole its mean."""
+    import diversity
+    notes = []
+    groups = diversity.prompt_groups({'p0': True, 'p1': True, 'p2': False}, ['p0', 'p1', 'p2', 'p9'], notes)
+    assert groups == {'in_sft': [0, 1], 'held_out': [2]} and 'p9' in notes[0]
+    assert diversity.prompt_groups('no in_sft field', ['p0'], notes) == {} and notes[-1] == 'no in_sft field'
+    row = lambda *v: np.array([v, v])  # two identical seeds
+    table = {'base': dict(sft_share=row(0.0, 0.0, 0.0), dissimilarity=row(0.5, 0.5, 0.5)),
+             'sft': dict(sft_share=row(0.8, 0.8, 0.2), dissimilarity=row(0.2, 0.2, 0.4)),
+             'anchored': dict(sft_share=row(0.3, 0.3, 0.3), dissimilarity=row(0.5, 0.5, 0.5))}
+    hl = dict(arm='anchored', controls=['sft'])
+    out = diversity.prompt_group_figures(table, {'in_sft': [0, 1], 'held_out': [2]}, ['dissimilarity'], hl, 'base',
+                                         (50, 0, 'crossed'))
+    assert out['metrics'] == ['dissimilarity', 'sft_share']  # no bow judge in this table
+    g = out['groups']
+    assert g['in_sft']['narrowing']['sft_share']['sft']['value'] == pytest.approx(0.8)
+    assert g['held_out']['narrowing']['sft_share']['sft']['value'] == pytest.approx(0.2)
+    assert g['all']['narrowing']['sft_share']['sft']['value'] == pytest.approx(0.6)
+    assert g['held_out']['diff']['dissimilarity']['sft']['value'] == pytest.approx(0.1)
+    assert g['in_sft']['diff']['sft_share']['sft']['ci'] == pytest.approx([-0.5, -0.5])  # no spread in the group
 
 
 def test_content_drops_only_the_format_line():
