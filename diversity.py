@@ -32,7 +32,7 @@ from embeddings import embed, load_embedder
 from formats import annotation_values, load_meta
 from metrics import (DESIGNS, ci95, collapse_table, comparisons, content, difference, entropy_bits, expected_entropy,
                      matched_quality, narrowing, prompt_metrics, summarize, t_interval)
-from report import headline_sentence, includes, jsonable, narrowing_sentence, plot_png, render_md
+from report import headline_sentence, includes, jsonable, narrowing_sentence, plot_png, render_md, topic_shares_png
 
 # -----------------------------------------------------------------------------
 samples = ''  # comma-separated arm=path pairs, e.g. 'base=out/base.jsonl,sft=out/sft.jsonl'
@@ -457,6 +457,12 @@ def measure_arms(model, judges, ref, data, paths, prior):
     return table, arms, pids
 
 
+def shares_base_first(arms, base, key):
+    """{arm: the embedding judge's shares of key's labels}, base's first: the reference bar on top."""
+    order = [base] * (base in arms) + [a for a in arms if a != base]
+    return {a: arms[a]['labels'].get(key, {}) for a in order}
+
+
 def embed_samples(data, meta):
     """embed_only: the samples' contents into the cache, so that the report finds them there."""
     model = load_embedder(embedder, device)
@@ -476,7 +482,7 @@ def main():
     in_sft = load_in_sft(data_dir)
     # the output dir is made only once the inputs have loaded: a bad input leaves nothing behind
     check_out_dir(out_dir, 'out_dir')
-    clean_stale_temps(out_dir, ('report.json', 'report.md', 'diversity_quality.png'))
+    clean_stale_temps(out_dir, ('report.json', 'report.md', 'diversity_quality.png', 'topic_shares.png'))
     if embed_only:
         return embed_samples(data, meta)
     cat_keys = list(meta['categorical_keys'])
@@ -517,14 +523,19 @@ def main():
                bow_judge=judge_stats['bow_'], quality_conditioned=good, prior=prior, cat_keys=ref['cat_keys'],
                sft_key=ref['sft_key'], sft_values=sorted(ref['sft_values']), notes=notes, environment=environment(),
                config=dict(config, anchored=anchored, controls=controls))
-    md = render_md(rep, div_metrics, heads)
-    png = plot_png({a: (st.point[a]['quality'], st.point[a][heads[0]]) for a in arms}, heads[0])
+    pngs = {'diversity_quality.png': plot_png({a: (st.point[a]['quality'], st.point[a][heads[0]]) for a in arms},
+                                              heads[0])}
+    if ref['sft_key'] in judges['']:
+        pngs['topic_shares.png'] = topic_shares_png(shares_base_first(arms, base_arm, ref['sft_key']),
+                                                    ref['sft_values'], ref['sft_key'])
+    md = render_md(dict(rep, plots=list(pngs)), div_metrics, heads)
     # everything is computed before the first write; each file is replaced atomically
     write_json(os.path.join(out_dir, 'report.json'), jsonable(rep))
     write_text(os.path.join(out_dir, 'report.md'), md)
-    atomic_write(os.path.join(out_dir, 'diversity_quality.png'), lambda f: f.write(png), 'wb')
+    for name, png in pngs.items():
+        atomic_write(os.path.join(out_dir, name), lambda f: f.write(png), 'wb')
     print(md)
-    print(f"wrote {out_dir}/report.json, report.md, diversity_quality.png")
+    print(f"wrote {out_dir}/report.json, report.md, {', '.join(pngs)}")
 
 
 if __name__ == '__main__':

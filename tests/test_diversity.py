@@ -328,7 +328,8 @@ def test_end_to_end(tmp_path, data_dir):
     assert len(rep['headline']['sentences']) == 3 and 'on dissimilarity' in rep['headline']['sentences'][1]
     assert 'topic narrowing' in rep['headline']['sentences'][2]
     assert rep['environment']['torch'] and rep['environment']['cores'] >= 1
-    assert (out / 'diversity_quality.png').stat().st_size > 1000
+    assert (out / 'diversity_quality.png').stat().st_size > 1000 and (out / 'topic_shares.png').stat().st_size > 1000
+    assert '![topic shares per arm](topic_shares.png)' in md and '](diversity_quality.png)' in md
     assert list((out / 'cache').glob('heldout-*.npy'))
 
 
@@ -454,6 +455,12 @@ def test_prompt_groups_split_the_headline():
     assert g['all']['narrowing']['sft_share']['sft']['value'] == pytest.approx(0.6)
     assert g['held_out']['diff']['dissimilarity']['sft']['value'] == pytest.approx(0.1)
     assert g['in_sft']['diff']['sft_share']['sft']['ci'] == pytest.approx([-0.5, -0.5])  # no spread in the group
+
+
+def test_topic_bars_put_the_sft_topics_first():
+    shares = {'base': {'Football': 0.5, 'Cooking': 0.2, 'Astronomy': 0.3}, 'sft': {'Cooking': 0.9, 'Football': 0.1}}
+    assert rp.topic_order(shares, {'Cooking'}) == ['Cooking', 'Football', 'Astronomy']
+    assert rp.topic_shares_png(shares, {'Cooking'}, 'topic')[:4] == b'\x89PNG'
 
 
 def test_content_drops_only_the_format_line():
