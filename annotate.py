@@ -85,6 +85,8 @@ sft_values = 'Arts,Technology'  # ... is one of these (comma-separated; 'top:K' 
 sft_docs = 400  # held out from pretraining for SFT training
 sft_val_docs = 40  # and for SFT validation
 heldout_docs = 1000  # held out from pretraining, all topics: reference texts for the evaluation judge
+balance_docs = 0  # > 0: the pretraining and judge documents are a random draw of at most this many per sft_key
+#                   value (a skewed corpus evened out, so that label entropy can register SFT's narrowing)
 val_fraction = 0.05  # of the pretraining documents
 assistant_opening = 'Sure! Here is a short encyclopedia entry.'  # the SFT response style
 seed = 1337
@@ -320,10 +322,30 @@ def docs_with(docs, wanted):
         k == sft_key and v in wanted for z in dict.fromkeys(zs) for k, v in parse_annotation(z))), dtype=np.int64)
 
 
+def first_values(docs):
+    """The first sft_key value of every document's annotations (None where it has none)."""
+    return [next((v for z in zs for k, v in parse_annotation(z) if k == sft_key), None)
+            for zs in doc_annotations(docs)]
+
+
+def cap_per_value(ids, values, cap):
+    """The ids (in their order) of which at most `cap` share an sft_key value; ids without one stay."""
+    seen, keep = Counter(), []
+    for i in ids.tolist():
+        v = values[i]
+        seen[v] += 1
+        if v is None or seen[v] <= cap:
+            keep.append(i)
+    return np.array(keep, dtype=np.int64)
+
+
 def split_docs(docs, sft_counts):
     """Document-level splits: SFT (the narrow slice), judge hold-out (all topics), pretraining;
     and the sft_key values of the SFT slice. Index arrays, 8 bytes a document: random.shuffle swaps
-    the items of a numpy array as it does a list's, the same permutation for the same length."""
+    the items of a numpy array as it does a list's, the same permutation for the same length. With
+    balance_docs the hold-out and pretraining documents are the first of each sft_key value in the
+    shuffled order (a random draw), shuffled again so that the hold-out is drawn from the evened
+    corpus; the SFT slice is drawn first, as without it."""
     rng = random.Random(seed)
     wanted = sft_slice(sft_counts)
     pool = docs_with(docs, wanted) if wanted else np.arange(len(docs))
@@ -336,6 +358,9 @@ def split_docs(docs, sft_counts):
     free[pool[:sft_docs + sft_val_docs]] = False
     rest = np.flatnonzero(free)  # in order, as the SFT slice leaves them
     rng.shuffle(rest)
+    if balance_docs:  # a random draw of at most balance_docs per value, then in random order again
+        rest = cap_per_value(rest, first_values(docs), balance_docs)
+        rng.shuffle(rest)
     heldout, pre = rest[:heldout_docs], rest[heldout_docs:]
     n_val = max(1, round(val_fraction * len(pre)))
     if len(pre) - n_val < 1:
@@ -389,7 +414,7 @@ def check_annotate_config():
     """Every config value, before the corpus is even loaded."""
     check_config(config, positive=('keywords_per_chunk', 'sft_docs', 'sft_val_docs', 'heldout_docs', 'num_proc',
                                    'annotator_docs', 'tokenizer_docs', 'map_block_docs'),
-                 nonneg=('max_docs', 'max_sentences'),
+                 nonneg=('max_docs', 'max_sentences', 'balance_docs'),
                  choices=dict(annotator=('fields', *KINDS), tokenizer=('bpe', 'gpt2'),
                               text_sample_by=('line', 'paragraph', 'document')))
     if not 0 < val_fraction < 1:
@@ -418,6 +443,7 @@ def content_config():
     changes nothing)."""
     skip = {'num_proc', 'map_block_docs', 'streaming', 'data_root', 'name'}
     skip |= {'annotator_docs', 'tokenizer_docs'} - sampled
+    skip |= set() if balance_docs else {'balance_docs'}  # off: the fingerprint of a corpus drawn whole
     return {k: v for k, v in config.items() if k not in skip}
 
 

@@ -54,6 +54,8 @@ max_new_tokens = 128
 temperature = 1.0
 seeds = 1  # post-training and sampling seeds of every arm (config/small.py: 3)
 ablation_seeds = 1  # seeds of the ablations anchored-prior and anchored-plain
+arms = ''  # '' = every arm of the study; else only these and what they need (e.g. 'base,sft': a testbed
+#           judged on the base and SFT arms alone, before any anchored number on it is seen)
 decomposition = False  # also the arms that say where the gain comes from (anchored-mask, anchored-replay)
 #                        and the paper's ablations, beside the headline arms (runs/decompose.sh)
 pretrain_seeds = 1  # pretraining pairs; replicate k starts from pair k // seeds
@@ -211,7 +213,8 @@ def main_study(study, temps):
     and the decomposition ladder ('' without --decomposition)."""
     for k in replicates():
         for arm in HEADLINE + (DECOMPOSITION if decomposition else ()):
-            study.arm(k, arm)
+            if not arms or arm in split_list(arms):
+                study.arm(k, arm)
         if decomposition and k in replicates(ablation=True):  # beside the first seeds: embedded beside training
             for arm in ABLATIONS:
                 study.arm(k, arm)
@@ -224,6 +227,7 @@ def main_study(study, temps):
     anchored = ['anchored'] + (list(DECOMPOSITION + ABLATIONS) if decomposition else [])
     variants_ = [n for n, *_ in parse_variants() if n.startswith('anchored')]
     return anchored + variants_, list(CONTROLS), LADDER if decomposition else ''
+
 
 
 def entropy_study(study, ks, topics):
@@ -265,6 +269,9 @@ def check_study_config():
         raise UserError(f"sizes must be 'name:args;name:args', got '{sizes}'")
     if sum(map(bool, (ks, sizes))) > 1:
         raise UserError("sft_topic_counts and sizes are two different studies: run them one at a time")
+    unknown = [a for a in split_list(arms) if a not in ARMS]
+    if unknown:
+        raise UserError(f"arms: unknown arm '{unknown[0]}' (one of {', '.join(ARMS)})")
     parse_variants()
     check_out_dir(out_root, 'out_root')
     return temps, ks

@@ -86,6 +86,23 @@ def test_shaping_exclusion_and_annotation_tokens(tmp_path):
     assert words == sorted(words) and {'doc', 'is', 'about', 'arts'} <= set(words) and 'sport' not in words
 
 
+def test_balance_docs_evens_out_pretraining_and_the_judge(tmp_path):
+    """balance_docs: at most that many documents of each topic among the judge's and the pretraining
+    documents, a random draw; the SFT slice is drawn first and stays what it is without it."""
+    import annotate
+    values = ['a', 'a', 'b', None, 'a', 'b', 'a']
+    assert annotate.cap_per_value(np.array([6, 0, 3, 2, 1, 5, 4]), values, 2).tolist() == [6, 0, 3, 2, 5]
+    corpus = make_corpus(tmp_path / 'c.jsonl', n_docs=60)
+    run('annotate.py', *annotate_args(corpus, tmp_path), '--heldout_docs=6', '--name=even', '--balance_docs=6')
+    run('annotate.py', *annotate_args(corpus, tmp_path), '--heldout_docs=6', '--name=all')
+    (meta, _, rows), (_, _, whole) = load(tmp_path / 'even'), load(tmp_path / 'all')
+    assert rows['sft_train'] == whole['sft_train'] and rows['sft_val'] == whole['sft_val']
+    topics = {dict(parse_annotation(r['annotation']))['topic'] for r in whole['heldout']}
+    n_topics = len({json.loads(line)['topic'] for line in open(corpus)})
+    assert meta['stats']['docs']['train'] + meta['stats']['docs']['val'] + 6 <= 6 * n_topics
+    assert len(topics) > 1 and meta['corpus_fingerprint'] != load(tmp_path / 'all')[0]['corpus_fingerprint']
+
+
 def test_heldout_docs_not_in_pretraining(tiny_data):
     meta, streams, rows = load(tiny_data)
     enc = load_tokenizer(tiny_data, meta)
