@@ -31,7 +31,7 @@ from common import (UserError, atomic_write, check_device, check_out_dir, clean_
 from embeddings import embed, load_embedder
 from formats import annotation_values, load_meta
 from metrics import (DESIGNS, ci95, collapse_table, comparisons, content, difference, entropy_bits, expected_entropy,
-                     matched_quality, narrowing, prompt_metrics, summarize, t_interval)
+                     leak_pattern, leaks, matched_quality, narrowing, prompt_metrics, summarize, t_interval)
 from report import headline_sentence, includes, jsonable, narrowing_sentence, plot_png, render_md, topic_shares_png
 
 # -----------------------------------------------------------------------------
@@ -391,7 +391,8 @@ def corpus_reference(meta, heldout, words, cat_keys, rng):
     # the keys the models write in annotations; reference keys (annotate.py's reference_fields) only the judge knows
     ann_keys = [k for k in cat_keys if k not in (meta.get('reference_keys') or ())]
     ref = dict(opening=meta['assistant_opening'] or '', cat_keys=ann_keys, known={k: set(c) for k, c in counts.items()},
-               words=words, sft_key=meta.get('sft_key'), sft_values=set(meta.get('sft_values') or ()), prior_h=prior_h)
+               words=words, sft_key=meta.get('sft_key'), sft_values=set(meta.get('sft_values') or ()), prior_h=prior_h,
+               leak=leak_pattern(meta['annotation_keys']))
     return ref, prior
 
 
@@ -414,11 +415,12 @@ def sample_embeddings(model, rows, opening):
 
 
 def replicate_metrics(model, judges, ref, rows, pids):
-    """One samples file: {metric: (P,) per-prompt values}, every judge's labels of every sample
-    ({prefix: {key: labels}}) and the most common number of samples per prompt."""
+    """One samples file: {metric: (P,) per-prompt values}, every judge's labels of every scored sample
+    (one that does not leak; {prefix: {key: labels}}) and the most common number of samples per prompt."""
     emb = sample_embeddings(model, rows, ref['opening'])
     inputs = judge_inputs(emb, [content(r['text'], ref['opening']) for r in rows])
     labels = {p: {k: clf.predict(inputs[p]) for k, clf in js.items()} for p, js in judges.items()}
+    scored = ~leaks([r['text'] for r in rows], ref['leak'])
     annotated = any((r['annotation'] or '').strip() for r in rows)
     by_prompt = {}
     for i, r in enumerate(rows):
@@ -427,7 +429,8 @@ def replicate_metrics(model, judges, ref, rows, pids):
                                                           for p, js in labels.items()}, ref, annotated)
            for ix in (by_prompt[p] for p in pids)]
     n = Counter(len(v) for v in by_prompt.values()).most_common(1)[0][0]
-    return {m: np.array([d[m] for d in per]) for m in per[0]}, labels, n
+    return {m: np.array([d[m] for d in per]) for m in per[0]}, {p: {k: v[scored] for k, v in js.items()}
+                                                                 for p, js in labels.items()}, n
 
 
 def label_shares(labels, total):
@@ -442,13 +445,14 @@ def measure_arms(model, judges, ref, data, paths, prior):
     for arm, reps in data.items():
         per_rep = [replicate_metrics(model, judges, ref, rows, pids) for rows in reps]
         table[arm] = {m: np.stack([t[m] for t, _, _ in per_rep]) for m in per_rep[0][0]}
-        total = sum(map(len, reps))
-        # each judge's label distribution over all samples of the arm, most common first
-        dist = {p: label_shares({k: np.concatenate([lab[p][k] for _, lab, _ in per_rep]) for k in js}, total)
+        total, scored = sum(map(len, reps)), table[arm]['scored'].sum(axis=1)
+        # each judge's label distribution over all scored samples of the arm, most common first
+        dist = {p: label_shares({k: np.concatenate([lab[p][k] for _, lab, _ in per_rep]) for k in js}, scored.sum())
                 for p, js in judges.items()}
         annotated = any((r['annotation'] or '').strip() for rows in reps for r in rows)
-        arms[arm] = dict(paths=paths[arm], replicates=len(reps), samples=total,
-                         samples_per_prompt=total / len(reps) / len(pids), annotated=annotated, labels=dist[''],
+        arms[arm] = dict(paths=paths[arm], replicates=len(reps), samples=total, scored=int(scored.sum()),
+                         scored_per_seed=[int(x) for x in scored], samples_per_prompt=total / len(reps) / len(pids),
+                         annotated=annotated, labels=dist[''],
                          **{f'{p}labels': d for p, d in dist.items() if p})
         if annotated:  # the corpus entropy at this arm's (most common) number of samples per prompt
             n = per_rep[0][2]

@@ -17,6 +17,7 @@ fluency (share of words the corpus knows), sft_share, valid annotation values, p
 """
 import gzip
 import math
+import re
 import warnings
 from collections import Counter, namedtuple
 
@@ -253,12 +254,8 @@ def quality_figures(emb, judged, ref, good):
     return measurable(m, int(np.sum(good)))
 
 
-def prompt_metrics(rows, emb, judged, ref, annotated):
-    """Every metric of one prompt's samples. emb, judged ({judge prefix: {key: labels}}, '' the
-    embedding judge, 'bow_' the bag-of-words one): of the samples' content (without the format line).
-    ref: what the corpus says, a dict with opening (the SFT format's first line), cat_keys, known
-    ({key: the corpus's values}), words (the corpus's words), sft_key and sft_values (the SFT set's
-    slice), prior_h(k, n) (entropy of n corpus draws of key k). annotated: the arm sampled annotations."""
+def sample_figures(rows, emb, judged, ref, annotated):
+    """Every metric of some samples of one prompt (prompt_metrics: the scored ones)."""
     raw = [r['text'] for r in rows]
     texts = [content(t, ref['opening']) for t in raw]  # emb and judged are of these, too
     m = dict(dissimilarity=dissimilarity(emb), vendi=vendi(emb), distinct2=distinct_n(texts),
@@ -281,6 +278,37 @@ def prompt_metrics(rows, emb, judged, ref, annotated):
     m.update(agreement(judged))
     m.update(quality_figures(emb, judged, ref, fmt & fin))
     return {k: float(v) for k, v in m.items()}
+
+
+def leak_pattern(keys):
+    """What a response must not hold: special-token text ('<|') or a key:value of the corpus's annotation
+    keys, i.e. an annotation written into the response, which the judges would read as a topic."""
+    alts = '|'.join(re.escape(k) for k in keys)
+    return re.compile(r'<\|' + (rf'|(?<![\w])(?:{alts}):\S' if alts else ''))
+
+
+def leaks(texts, pattern):
+    """A mask of the texts that leak (pattern: leak_pattern; None: none does)."""
+    return np.array([pattern is not None and pattern.search(t) is not None for t in texts], dtype=bool)
+
+
+def prompt_metrics(rows, emb, judged, ref, annotated):
+    """Every metric of one prompt's samples. emb, judged ({judge prefix: {key: labels}}, '' the
+    embedding judge, 'bow_' the bag-of-words one): of the samples' content (without the format line).
+    ref: what the corpus says, a dict with opening (the SFT format's first line), cat_keys, known
+    ({key: the corpus's values}), words (the corpus's words), sft_key and sft_values (the SFT set's
+    slice), prior_h(k, n) (entropy of n corpus draws of key k), leak (leak_pattern; absent: no sample
+    leaks). annotated: the arm sampled annotations. What is scored is a response, never an annotation:
+    every figure is of the samples that do not leak (NaN where they are too few), beside leak_rate (of
+    all samples) and scored (how many do not leak)."""
+    leak = leaks([r['text'] for r in rows], ref.get('leak'))
+    keep = ~leak
+    n = int(keep.sum())
+    sub = (pick(rows, keep), np.asarray(emb)[keep], {p: {k: pick(lab, keep) for k, lab in js.items()}
+                                                     for p, js in judged.items()})
+    # with none scored, the figures of all samples only name the metrics: measurable makes each NaN
+    m = measurable(sample_figures(*(sub if n else (rows, emb, judged)), ref, annotated), n)
+    return dict(m, leak_rate=float(leak.mean()), scored=float(n))
 
 
 # -----------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def cell(d, f=fmt):
 def competence_rows(rep):
     """One row per arm of the figures that say whether its diversity numbers mean anything."""
     keys, sft_key = rep['cat_keys'], rep['sft_key']
-    cols = ['fluency', 'format_rate', 'quality', 'sft_share', 'bow_sft_share'] + [
+    cols = ['leak_rate', 'fluency', 'format_rate', 'quality', 'sft_share', 'bow_sft_share'] + [
         f'{m}_{k}' for k in keys[:1] for m in ('ann_valid', 'prior_kept', 'fidelity', 'bow_fidelity', 'judges_agree')]
     form = {c: fmt2 if c.startswith('prior_kept_') else pct for c in cols}  # prior kept is a ratio
     rows = []
@@ -221,8 +221,9 @@ def competence_rows(rep):
         cells = [cell(mt[c], form[c]) if c in mt else '-' for c in cols]
         labels = r.get('labels', {}).get(sft_key) or {}
         top = ', '.join(f"{v} {pct(p)}" for v, p in list(labels.items())[:3])
-        rows.append(f"| {a}{mark(rep, a)} | {' | '.join(cells)} | {top or '-'} |")
-    names = ['fluency', 'format', 'quality', f'sft_share ({sft_key})', 'sft_share, bow judge'] + [
+        rows.append(f"| {a}{mark(rep, a)} | {r.get('scored', r['samples'])} of {r['samples']} | {' | '.join(cells)} "
+                    f"| {top or '-'} |")
+    names = ['scored', 'leaks', 'fluency', 'format', 'quality', f'sft_share ({sft_key})', 'sft_share, bow judge'] + [
         f'{m} {k}' for k in keys[:1] for m in ('valid', 'prior kept', 'fidelity', 'fidelity, bow judge',
                                                 'judges agree')]
     return ([f"| arm | {' | '.join(names)} | judge's {sft_key} labels (top 3) |", '|---' * (len(names) + 2) + '|']
@@ -448,6 +449,10 @@ def render_md(rep, div_metrics, heads):
     """report.md: headline, competence, diversity per arm, collapse, judge, annotation details."""
     L = header_lines(rep) + headline_lines(rep)
     L += ['## Competence (read this before the headline)', '',
+          "What is scored is a response, never an annotation: a sample *leaks* if its text holds special-token text "
+          "('<|') or a key:value of the corpus's annotation keys; leaks: the share of an arm's samples that do "
+          "(per seed in parentheses), and every other figure of this report is of the scored samples, those that do "
+          "not (a prompt with fewer than 2 of them, or none for a share, is left out of the mean). "
           "fluency: share of generated words that occur in the pretraining corpus; format: starts with the SFT "
           "format's first line; quality: in format and finished; sft_share: share of samples the judge puts in the "
           f"SFT set's values {rep['sft_values']}; for arms that sample annotations: share of valid label values, "

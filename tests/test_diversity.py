@@ -278,9 +278,14 @@ def test_end_to_end(tmp_path, data_dir):
     sft2 = write_samples(tmp_path / 'sft2.jsonl', ['Cooking'] * 4 + ['Football', 'Astronomy'], False)
     anch = write_samples(tmp_path / 'anch.jsonl', [topics[i % 3] for i in range(5)] + ['Cooking'], True)
     t08 = write_samples(tmp_path / 't08.jsonl', ['Cooking'] * 6, False)
+    noann = write_samples(tmp_path / 'noann.jsonl', ['Cooking'] * 6, False)
+    rows = [json.loads(x) for x in noann.read_text().splitlines()]
+    for r in rows[::3]:  # 2 samples of 6 per prompt write an annotation into the response
+        r['text'] = r['text'].replace('\n', '\ntopic:Football ', 1)
+    noann.write_text(''.join(json.dumps(r) + '\n' for r in rows))
     # sft and anchored have two replicates (seeds), base one
-    r = run(tmp_path, data_dir, f'base={base},sft={sft},sft={sft2},anchored={anch},anchored={anch},sft@t0.8={t08}',
-            '--bootstrap=200', '--control_arms=sft')
+    r = run(tmp_path, data_dir, f'base={base},sft={sft},sft={sft2},anchored={anch},anchored={anch},sft@t0.8={t08},'
+            f'anchored-noann={noann}', '--bootstrap=200', '--control_arms=sft')
     assert r.returncode == 0, r.stderr
     out = tmp_path / 'report'
     md = (out / 'report.md').read_text()
@@ -323,6 +328,11 @@ def test_end_to_end(tmp_path, data_dir):
     assert narrow['sft']['value'] == pytest.approx(m['sft']['metrics']['sft_share']['mean']
                                                    - m['base']['metrics']['sft_share']['mean'])
     assert m['base']['metrics']['fluency']['mean'] == 1.0  # every word is a corpus word
+    # the leaking samples are counted, not scored
+    assert m['anchored-noann']['metrics']['leak_rate']['mean'] == pytest.approx(1 / 3)
+    assert m['anchored-noann']['scored'] == 12 and m['anchored-noann']['samples'] == 18 and m['sft']['scored'] == 36
+    assert m['anchored-noann']['labels']['topic'] == {'Cooking': 1.0}
+    assert '| anchored-noann† | 12 of 18 | 33% |' in md
     assert '## Competence' in md and md.index('## Competence') < md.index('## Arms')
     # the headline: both of the paper's metrics, then topic narrowing
     assert len(rep['headline']['sentences']) == 3 and 'on dissimilarity' in rep['headline']['sentences'][1]
@@ -461,6 +471,40 @@ def test_topic_bars_put_the_sft_topics_first():
     shares = {'base': {'Football': 0.5, 'Cooking': 0.2, 'Astronomy': 0.3}, 'sft': {'Cooking': 0.9, 'Football': 0.1}}
     assert rp.topic_order(shares, {'Cooking'}) == ['Cooking', 'Football', 'Astronomy']
     assert rp.topic_shares_png(shares, {'Cooking'}, 'topic')[:4] == b'\x89PNG'
+
+
+def test_leak_pattern():
+    pat = dv.leak_pattern(['topic', 'entity'])
+    leaky = ['topic:Arts A river.', 'A river (entity:Mona_Lisa).', 'Sure! <|ann|> x', 'text\ntopic:Arts']
+    clean = ['The topic: arts.', 'subtopic:x is one word', 'Topic:Arts', 'a < | b', 'entity :x']
+    assert dv.leaks(leaky, pat).all() and not dv.leaks(clean, pat).any()
+    assert not dv.leaks(leaky, None).any()  # no pattern: nothing leaks
+    assert dv.leaks(['<|end|>', 'topic:x'], dv.leak_pattern([])).tolist() == [True, False]
+
+
+def test_leaking_samples_are_not_scored():
+    """4 samples, the second writes its annotation into the text: every figure is that of the other
+    three, beside a leak rate of 1/4; with one left a spread is NaN, with none every figure is."""
+    rows = [dict(text=f'Sure!\n{t} word', finished=True, tokens=4, annotation=None)
+            for t in ('a', 'topic:A b', 'c', 'd')]
+    emb = np.eye(4)
+    ref = dict(opening='Sure!', cat_keys=['topic'], known={'topic': {'A', 'B'}}, words={'word'}, sft_key='topic',
+               sft_values={'A'}, prior_h=lambda k, n: 1.0, leak=dv.leak_pattern(['topic']))
+    judged = {'': {'topic': ['A', 'A', 'B', 'B']}}
+    m = dv.prompt_metrics(rows, emb, judged, ref, annotated=False)
+    keep = [0, 2, 3]
+    clean = dv.prompt_metrics([rows[i] for i in keep], emb[keep], {'': {'topic': ['A', 'B', 'B']}},
+                              dict(ref, leak=None), annotated=False)
+    assert m['leak_rate'] == 0.25 and m['scored'] == 3 and clean['leak_rate'] == 0.0
+    assert {k: v for k, v in m.items() if k not in ('leak_rate', 'scored')} == \
+        {k: v for k, v in clean.items() if k not in ('leak_rate', 'scored')}
+    assert m['sft_share'] == pytest.approx(1 / 3) and m['entropy_topic'] == pytest.approx(dv.entropy_bits('ABB'))
+    one = dv.prompt_metrics([dict(r, text='topic:A') for r in rows[:3]] + rows[3:], emb, judged, ref, False)
+    assert one['scored'] == 1 and one['sft_share'] == 0.0 and math.isnan(one['entropy_topic'])
+    assert math.isnan(one['dissimilarity']) and one['quality'] == 1.0
+    none = dv.prompt_metrics([dict(r, text='<|x') for r in rows], emb, judged, ref, False)
+    assert none['leak_rate'] == 1.0 and none['scored'] == 0
+    assert all(math.isnan(v) for k, v in none.items() if k not in ('leak_rate', 'scored'))
 
 
 def test_content_drops_only_the_format_line():
