@@ -47,6 +47,8 @@ base_arm = 'base'  # the diversity reference of the collapse definitions
 control_arms = 'sft,sft-replay'  # what anchoring is compared with: standard SFT, and SFT with the anchored arm's
 #                                  replay and learning rate (the fair control); comma-separated, absent ones skipped
 anchored_arms = 'anchored'  # comma-separated: each is compared with every control; the first is the headline's
+ladder = ''  # 'plain rungs;annotated rungs', e.g. 'sft,sft-replay,sft-distill;anchored-mask,anchored-replay,anchored':
+#             what each ingredient adds on each side, and the annotation at each rung ('' = no table)
 headline_metrics = ''  # '' = entropy_<first categorical key> and dissimilarity (the paper's two metrics)
 bootstrap = 1000  # resamples (seeds and prompts) for 95% CIs; 0 = no CIs
 bootstrap_design = 'crossed'  # every seed answers the same prompts: 'crossed' draws the prompts once per resample,
@@ -332,6 +334,20 @@ def prompt_group_figures(table, groups, heads, hl, base, boot):
     return dict(metrics=metrics, groups=out)
 
 
+def ladder_figures(st, rungs, metrics):
+    """What each ingredient adds (rungs: parse_ladder's plain and annotated arms, absent arms skipped):
+    on each side every rung minus the one below it, and at every rung the annotated arm minus the
+    plain one (what the annotation adds at that level), on each of metrics, with CI and per seed."""
+    diffs = lambda x, y: {m: st.figure(difference, m, x, y) for m in metrics if m in st.point[x] and m in st.point[y]}
+    out = dict(metrics=metrics, rungs=[list(r) for r in rungs], steps={}, annotation=[])
+    for side, arms in zip(('plain', 'annotated'), rungs):
+        have = [a for a in arms if a in st.point]
+        out['steps'][side] = [dict(lower=x, upper=y, figures=diffs(x, y)) for x, y in zip(have, have[1:])]
+    out['annotation'] = [dict(plain=p, annotated=a, figures=diffs(p, a)) for p, a in zip(*rungs)
+                         if p in st.point and a in st.point]
+    return out
+
+
 def headline_figures(st, comp, heads, anchored, controls, names):
     """The headline block of report.json: the headline metrics, topic narrowing under each judge, the
     headline arm's narrowing against each control, the two judges' verdicts and the sentences.
@@ -396,16 +412,28 @@ def corpus_reference(meta, heldout, words, cat_keys, rng):
     return ref, prior
 
 
+def parse_ladder(spec):
+    """'a,b,c;x,y,z' -> (['a', 'b', 'c'], ['x', 'y', 'z']): the plain rungs and the annotated ones,
+    rung i of one side the same recipe as rung i of the other but for the annotation; None for ''."""
+    if not spec.strip():
+        return None
+    sides = [split_list(x) for x in spec.split(';')]
+    if len(sides) != 2 or not sides[0] or len(sides[0]) != len(sides[1]):
+        raise UserError(f"ladder must be two comma-separated lists of arms of the same length, plain;annotated "
+                        f"(e.g. 'sft,sft-replay;anchored-mask,anchored'); got '{spec}'")
+    return sides[0], sides[1]
+
+
 def check_config_values():
     """Every config value, before any work: the numbers and the device. Returns the headline
-    metrics asked for ('' = the paper's two)."""
+    metrics asked for ('' = the paper's two) and the ladder (parse_ladder)."""
     if bootstrap < 0 or not 0 < judge_test_frac < 1 or judge_max_docs < 2 or embed_batch_size < 1 or threads < 0:
         raise UserError("need bootstrap >= 0, 0 < judge_test_frac < 1, judge_max_docs >= 2, embed_batch_size >= 1 "
                         "and threads >= 0")
     if bootstrap_design not in DESIGNS:
         raise UserError(f"bootstrap_design must be one of {', '.join(DESIGNS)}; got '{bootstrap_design}'")
     check_device(device)
-    return split_list(headline_metrics)
+    return split_list(headline_metrics), parse_ladder(ladder)
 
 
 def sample_embeddings(model, rows, opening):
@@ -477,7 +505,7 @@ def embed_samples(data, meta):
 
 
 def main():
-    asked = check_config_values()
+    asked, rungs = check_config_values()
     if threads:
         import torch
         torch.set_num_threads(threads)
@@ -521,7 +549,8 @@ def main():
     good = conditioned_figures(st, base_arm, hl['arm'], controls, qm)
     groups = prompt_group_figures(table, prompt_groups(in_sft, pids, notes), heads, hl, base_arm,
                                   (bootstrap, seed, bootstrap_design))
-    rep = dict(prompts=len(pids), headline=hl, prompt_groups=groups, arms=arms,
+    lad = ladder_figures(st, rungs, headline_set(heads, next(iter(st.point.values())))) if rungs else {}
+    rep = dict(prompts=len(pids), headline=hl, prompt_groups=groups, ladder=lad, arms=arms,
                collapse=collapse_table(st, div_metrics, base_arm, notes),
                comparisons=comp, matched_quality=frontier, judge=judge_stats[''],
                bow_judge=judge_stats['bow_'], quality_conditioned=good, prior=prior, cat_keys=ref['cat_keys'],

@@ -445,6 +445,29 @@ def prompt_group_lines(rep):
     return L + ['']
 
 
+def ladder_lines(rep):
+    """What each ingredient adds: on each side every rung minus the one below, and at every rung what
+    the annotation adds (annotated arm minus plain arm)."""
+    lad = rep.get('ladder') or {}
+    if not lad:
+        return []
+    ms = lad['metrics']
+    f = lambda m: pts if 'sft_share' in m else signed
+    row = lambda name, figs: (f"| {name} | " + ' | '.join(f"{with_ci(figs[m], f(m))} {per_seed(figs[m], f(m))}".strip()
+                                                          if m in figs else '-' for m in ms) + ' |')
+    L = ['## What each ingredient adds (ladder)', '',
+         f"Rungs, plain side: {', '.join(lad['rungs'][0])}; annotated side: {', '.join(lad['rungs'][1])} (rung i of "
+         "each side the same recipe but for the annotation; arms not sampled are skipped). Each cell: the "
+         "difference, its CI, and per seed; for sft_share a negative difference is less narrowing.", '',
+         f"| difference | {' | '.join(ms)} |", '|---' * (len(ms) + 1) + '|']
+    for side, steps in lad['steps'].items():
+        L += [row(f"{side}: {s['upper']}{mark(rep, s['upper'], s['lower'])} - {s['lower']}", s['figures'])
+              for s in steps]
+    L += [row(f"annotation: {r['annotated']}{mark(rep, r['annotated'], r['plain'])} - {r['plain']}", r['figures'])
+          for r in lad['annotation']]
+    return L + ['']
+
+
 def render_md(rep, div_metrics, heads):
     """report.md: headline, competence, diversity per arm, collapse, judge, annotation details."""
     L = header_lines(rep) + headline_lines(rep)
@@ -466,7 +489,7 @@ def render_md(rep, div_metrics, heads):
         L.append(f"| {a}{mark(rep, a)} | {r['samples_per_prompt']:g} | {' | '.join(cells)} |")
     if 'diversity_quality.png' in rep.get('plots', ()):
         L += ['', f"![{heads[0]} against quality](diversity_quality.png)"]
-    L += [''] + quality_lines(rep) + prompt_group_lines(rep)
+    L += [''] + quality_lines(rep) + prompt_group_lines(rep) + ladder_lines(rep)
     L += (collapse_lines(rep, heads) if rep['collapse'] else []) + frontier_lines(rep)
     L += judge_lines(rep)
     L += [''] + annotation_lines(rep)

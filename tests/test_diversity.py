@@ -285,7 +285,8 @@ def test_end_to_end(tmp_path, data_dir):
     noann.write_text(''.join(json.dumps(r) + '\n' for r in rows))
     # sft and anchored have two replicates (seeds), base one
     r = run(tmp_path, data_dir, f'base={base},sft={sft},sft={sft2},anchored={anch},anchored={anch},sft@t0.8={t08},'
-            f'anchored-noann={noann}', '--bootstrap=200', '--control_arms=sft')
+            f'anchored-noann={noann}', '--bootstrap=200', '--control_arms=sft',
+            '--ladder=sft,sft-x;anchored,anchored-x')
     assert r.returncode == 0, r.stderr
     out = tmp_path / 'report'
     md = (out / 'report.md').read_text()
@@ -333,6 +334,10 @@ def test_end_to_end(tmp_path, data_dir):
     assert m['anchored-noann']['scored'] == 12 and m['anchored-noann']['samples'] == 18 and m['sft']['scored'] == 36
     assert m['anchored-noann']['labels']['topic'] == {'Cooking': 1.0}
     assert '| anchored-noann† | 12 of 18 | 33% |' in md
+    lad = rep['ladder']['annotation']
+    assert len(lad) == 1 and lad[0]['figures']['sft_share']['value'] == pytest.approx(
+        m['anchored']['metrics']['sft_share']['mean'] - m['sft']['metrics']['sft_share']['mean'])
+    assert '| annotation: anchored - sft | ' in md and rep['ladder']['steps'] == {'plain': [], 'annotated': []}
     assert '## Competence' in md and md.index('## Competence') < md.index('## Arms')
     # the headline: both of the paper's metrics, then topic narrowing
     assert len(rep['headline']['sentences']) == 3 and 'on dissimilarity' in rep['headline']['sentences'][1]
@@ -505,6 +510,31 @@ def test_leaking_samples_are_not_scored():
     none = dv.prompt_metrics([dict(r, text='<|x') for r in rows], emb, judged, ref, False)
     assert none['leak_rate'] == 1.0 and none['scored'] == 0
     assert all(math.isnan(v) for k, v in none.items() if k not in ('leak_rate', 'scored'))
+
+
+def test_ladder_differences_worked_example():
+    """sft_share per arm, the same at every seed and prompt: plain sft 0.5, sft-replay 0.45, annotated
+    anchored-mask 0.3, anchored-replay 0.25, anchored 0.1; sft-distill not sampled."""
+    import diversity
+    from common import UserError
+    rungs = diversity.parse_ladder('sft,sft-replay,sft-distill; anchored-mask,anchored-replay,anchored')
+    assert rungs == (['sft', 'sft-replay', 'sft-distill'], ['anchored-mask', 'anchored-replay', 'anchored'])
+    assert diversity.parse_ladder('  ') is None
+    for bad in ('sft,sft-replay;anchored', 'sft;anchored;x', 'sft,sft-replay'):
+        with pytest.raises(UserError, match='ladder must be two'):
+            diversity.parse_ladder(bad)
+    shares = {'sft': 0.5, 'sft-replay': 0.45, 'anchored-mask': 0.3, 'anchored-replay': 0.25, 'anchored': 0.1}
+    st = dv.summarize({a: {'sft_share': np.full((2, 3), v)} for a, v in shares.items()}, 50, 0)
+    lad = diversity.ladder_figures(st, rungs, ['sft_share'])
+    steps = {side: [(s['upper'], s['lower'], s['figures']['sft_share']['value']) for s in v]
+             for side, v in lad['steps'].items()}
+    assert steps['plain'] == [('sft-replay', 'sft', pytest.approx(-0.05))]
+    assert steps['annotated'] == [('anchored-replay', 'anchored-mask', pytest.approx(-0.05)),
+                                  ('anchored', 'anchored-replay', pytest.approx(-0.15))]
+    ann = [(r['annotated'], r['plain'], r['figures']['sft_share']) for r in lad['annotation']]
+    assert [(a, p, f['value']) for a, p, f in ann] == [('anchored-mask', 'sft', pytest.approx(-0.2)),
+                                                       ('anchored-replay', 'sft-replay', pytest.approx(-0.2))]
+    assert ann[0][2]['seeds'] == pytest.approx([-0.2, -0.2]) and ann[0][2]['ci'] == pytest.approx([-0.2, -0.2])
 
 
 def test_content_drops_only_the_format_line():
