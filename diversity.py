@@ -10,15 +10,22 @@ each: its figures are the mean over replicates, and every CI is a two-level boot
 the replicates and the prompts (bootstrap_design: 'crossed', the same prompt draw for every seed, as
 every seed answers the same prompts; or 'nested', the prompts drawn anew within each seed), so that it
 holds the variance of training and not only that of sampling; beside it, a t-interval over the
-per-seed values. Every metric (metrics.py) is computed per prompt over that prompt's samples.
+per-seed values. Every metric (metrics.py) is computed per prompt over that prompt's scored samples:
+what is scored is a response, so a sample whose text holds special-token text or an annotation
+key:value (it leaks) is counted in leak_rate and left out of every other figure.
 Diversity: entropy_<k> of the judge's labels for every categorical annotation key k, dissimilarity,
 vendi, distinct2, gzip. Competence: fluency, format_rate, finish_rate, quality, sft_share, and for
-arms that sample annotations ann_valid_<k>, prior_kept_<k>, fidelity_<k>. The headline compares each
-anchored arm with each control arm on the headline metrics (the difference of their diversity, the
-share of the gap to base it closes, the collapse ratio) and gives every arm's topic narrowing
-(sft_share(arm) - sft_share(base)). The judge is a logistic regression on sentence embeddings of
-held-out corpus documents: it never sees the models under test. Outputs in out_dir: report.json,
-report.md (report.py renders it), diversity_quality.png.
+arms that sample annotations ann_valid_<k>, prior_kept_<k>, fidelity_<k>. Two judges of the topics,
+trained and tested on the same held-out corpus documents (never on the models under test): a
+logistic regression on sentence embeddings (its figures keep the plain names) and one on TF-IDF
+word counts (bow_entropy_<k>, bow_sft_share, bow_fidelity_<k>; judges_agree_<k>: both give the same
+label). q_<figure>: topic figures and dissimilarity of the samples in format and finished only. The
+headline compares each anchored arm with each control arm on the headline metrics (the difference of
+their diversity, the share of the gap to base it closes, the collapse ratio), gives every arm's
+topic narrowing (sft_share(arm) - sft_share(base)) under both judges, says whether the judges agree
+on its topic verdicts, and repeats it on the SFT set's own prompts and on held-out ones
+(eval_prompts.jsonl's in_sft); `ladder` adds what each ingredient adds. Outputs in out_dir:
+report.json, report.md (report.py renders it), diversity_quality.png, topic_shares.png.
 """
 import math
 import os
@@ -495,6 +502,16 @@ def shares_base_first(arms, base, key):
     return {a: arms[a]['labels'].get(key, {}) for a in order}
 
 
+def plots(st, arms, metric, ref, base):
+    """The report's pictures, {file name: PNG}: metric against quality per arm, and the topic shares
+    per arm where the embedding judge labels the SFT set's key."""
+    out = {'diversity_quality.png': plot_png({a: (st.point[a]['quality'], st.point[a][metric]) for a in arms}, metric)}
+    if any(ref['sft_key'] in r['labels'] for r in arms.values()):
+        out['topic_shares.png'] = topic_shares_png(shares_base_first(arms, base, ref['sft_key']), ref['sft_values'],
+                                                   ref['sft_key'])
+    return out
+
+
 def embed_samples(data, meta):
     """embed_only: the samples' contents into the cache, so that the report finds them there."""
     model = load_embedder(embedder, device)
@@ -556,11 +573,7 @@ def main():
                bow_judge=judge_stats['bow_'], quality_conditioned=good, prior=prior, cat_keys=ref['cat_keys'],
                sft_key=ref['sft_key'], sft_values=sorted(ref['sft_values']), notes=notes, environment=environment(),
                config=dict(config, anchored=anchored, controls=controls))
-    pngs = {'diversity_quality.png': plot_png({a: (st.point[a]['quality'], st.point[a][heads[0]]) for a in arms},
-                                              heads[0])}
-    if ref['sft_key'] in judges['']:
-        pngs['topic_shares.png'] = topic_shares_png(shares_base_first(arms, base_arm, ref['sft_key']),
-                                                    ref['sft_values'], ref['sft_key'])
+    pngs = plots(st, arms, heads[0], ref, base_arm)
     md = render_md(dict(rep, plots=list(pngs)), div_metrics, heads)
     # everything is computed before the first write; each file is replaced atomically
     write_json(os.path.join(out_dir, 'report.json'), jsonable(rep))
