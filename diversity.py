@@ -199,11 +199,15 @@ def embedding_classifier():
 
 def bow_classifier():
     """TF-IDF of the words, then a logistic regression: a judge of another kind than the embedding one,
-    reading the words themselves, so that a topic figure that holds under both is not the embedder's."""
+    reading the words themselves, so that a topic figure that holds under both is not the embedder's.
+    Tens of thousands of sparse word features need a weaker penalty than the embeddings' 384 (C=10),
+    and balanced class weights: at scikit-learn's defaults it never predicted the corpus's small
+    topics, the SFT set's two among them (wiki, 1000 held-out docs: 59% accuracy, against 76%)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
-    return make_pipeline(TfidfVectorizer(sublinear_tf=True), LogisticRegression(max_iter=1000))
+    return make_pipeline(TfidfVectorizer(sublinear_tf=True),
+                         LogisticRegression(max_iter=1000, C=10.0, class_weight='balanced'))
 
 
 def train_judge(make, inputs, labels, split):
