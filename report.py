@@ -110,8 +110,9 @@ def plot_png(points, metric):
         n = len(style)
         style.setdefault(arm, dict(color=f'C{n % 10}', marker=MARKERS[n % len(MARKERS)]))
     for arm, (x, y) in points.items():
-        if arm not in swept:
-            ax.scatter([x], [y], s=50, alpha=0.85, label=arm, **style[arm])
+        if arm not in swept:  # hollow: arms at the same point (base and annotated-base) both show
+            ax.scatter([x], [y], s=60, label=arm, facecolors='none', edgecolors=style[arm]['color'], linewidths=1.6,
+                       marker=style[arm]['marker'])
     for name, line in sw.items():
         xs, ys = [points[a][0] for _, a in line], [points[a][1] for _, a in line]
         ax.plot(xs, ys, label=f'{name} (temperature sweep)', **style[name])
