@@ -311,11 +311,11 @@ def headline_lines(rep):
         for m in headline_metrics(hl, comp):
             for a, per in comp[m].items():
                 for c, f in per.items():
-                    L.append(f"| {a} | {c}{mark(rep, a, c)} | {m} | {with_ci(f['diff'], signed)} | "
+                    L.append(f"| {a}{mark(rep, a, c)} | {c} | {m} | {with_ci(f['diff'], signed)} | "
                              f"{t_cell(f['diff'], signed)} | {with_ci(f['gap'], pct)} | {with_ci(f['ratio'], fmt2)} | "
                              f"{per_seed(f['diff'], signed)} |")
         for m, per in (hl.get('share_diff') or {}).items():
-            L += [f"| {hl['arm']} | {c}{mark(rep, hl['arm'], c)} | topic narrowing, {m}(arm) - {m}(control) | "
+            L += [f"| {hl['arm']}{mark(rep, hl['arm'], c)} | {c} | topic narrowing, {m}(arm) - {m}(control) | "
                   f"{with_ci(f, pts)} | {t_cell(f, pts)} | - | - | {per_seed(f, pts)} |" for c, f in per.items()]
     if hl['narrowing']:
         L += narrowing_lines(rep)
@@ -410,7 +410,7 @@ def quality_lines(rep):
         nar = [' / '.join(pts(q['narrowing'][m][k][a]['value']) if a in q['narrowing'][m][k] else '-'
                           for k in ('all', 'good')) for m in share]
         cells = nar + [pair(r, m, fmt) for m in q['metrics']]
-        L.append(f"| {a} | {pct(r['metrics']['quality']['mean'])} | {' | '.join(cells)} |")
+        L.append(f"| {a}{mark(rep, a)} | {pct(r['metrics']['quality']['mean'])} | {' | '.join(cells)} |")
     diff = q.get('diff') or {}
     if diff:
         L += ['', f"{rep['headline']['arm']} minus each control, on all samples and on the good samples only:", '',
@@ -462,9 +462,9 @@ def ladder_lines(rep):
          "difference, its CI, and per seed; for sft_share a negative difference is less narrowing.", '',
          f"| difference | {' | '.join(ms)} |", '|---' * (len(ms) + 1) + '|']
     for side, steps in lad['steps'].items():
-        L += [row(f"{side}: {s['upper']}{mark(rep, s['upper'], s['lower'])} - {s['lower']}", s['figures'])
+        L += [row(f"{side}: {s['upper']} - {s['lower']}{mark(rep, s['upper'], s['lower'])}", s['figures'])
               for s in steps]
-    L += [row(f"annotation: {r['annotated']}{mark(rep, r['annotated'], r['plain'])} - {r['plain']}", r['figures'])
+    L += [row(f"annotation: {r['annotated']} - {r['plain']}{mark(rep, r['annotated'], r['plain'])}", r['figures'])
           for r in lad['annotation']]
     return L + ['']
 
