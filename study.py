@@ -156,8 +156,8 @@ class Study:
         """Sample `arm` from replicate k's `model` (a stage and a directory)."""
         s = seed + k
         path = os.path.join(self.root, 'samples', f'seed{s}', f'{arm}.jsonl')
-        _, annotated_base = self.pretrained(k, 'annotated-base')
-        extra = [e.replace('{annotated-base}', annotated_base) for e in extra]
+        if any('{annotated-base}' in e for e in extra):  # (only then: an arm needs no model it does not read)
+            extra = [e.replace('{annotated-base}', self.pretrained(k, 'annotated-base')[1]) for e in extra]
         self.add(Stage(f'{self.tag}sample-{arm}/{s}', 'sample.py',
                        [f'--ckpt_dir={model[1]}', f'--out={path}', f'--num_samples={num_samples}',
                         f'--max_new_tokens={max_new_tokens}', f'--temperature={temp}', f'--seed={s}', *extra],
