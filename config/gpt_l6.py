@@ -27,10 +27,11 @@ sft_warmup_iters = 20
 sft_eval_interval = 100
 # the anchored recipe of config/small.py at this size: prior distillation and replay of whole
 # pretraining documents (1 in 5 rows of a batch, as there), the arms that replay at their own
-# learning rate (2x SFT's, as there); study.py runs the paper's plain masking beside it
-# (anchored-mask) and standard SFT with the same replay (sft-replay). Untested at this size.
+# learning rate (2x SFT's, as there); the controls (study.py) get the same terms on the plain side
+# (sft-replay, sft-distill). Untested at this size.
 anchor_prior = 'distill'
 distill_weight = 1.0
+opening_weight = 0.05  # the opening line a target on the prior rows (config/small.py: 0 broke the format)
 replay_rows = 8
 replay_docs = True
 replay_lr_frac = 0.2
