@@ -10,7 +10,7 @@ The GPT. Two recipes, one switch (GPTConfig.recipe):
 - ReLU^2 MLP (So et al. 2021, "Primer"); no biases anywhere;
 - zero-initialized output projections (every block starts as the identity; modded-nanogpt);
 - the input embedding and the output head tied or untied (tie_embeddings; measured: tied wins at the
-  laptop's 1.3M parameters, RESULTS.md).
+  laptop's 1.3M parameters, docs/LOG.md).
 'gpt2', nanoGPT's GPT-2 recipe: learned positions, LayerNorm, GELU, tied embeddings, N(0, 0.02) init
 with scaled residual projections. Kept as the reference the modern recipe is measured against
 (bench.py --what=quality).

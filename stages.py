@@ -90,7 +90,7 @@ class Stages:
         the stages ready to start, the one that heads the costliest chain of stages still to run
         starts first (critical-path list scheduling; ties: the first one): the last minutes then
         wait on no long chain (an SFT, its samples, their embedding, the report) run one stage at a
-        time while the other cores idle (measured in RESULTS.md, commit 5d23329)."""
+        time while the other cores idle (measured in docs/LOG.md, commit 5d23329)."""
         after = {t[0]: [u[0] for u in todo if t[0] in u[3]] for t in todo}
         chain = {}
 

@@ -4,7 +4,7 @@
 #   python pretrain.py config/small.py [--annotated=True --out_dir=out/annotated]
 #   python anchor_sft.py config/small.py --method=sft|anchored --init_dir=... --out_dir=...
 #   python study.py config/small.py                      (runs/small.sh: all of it)
-# The measurements behind these choices are in RESULTS.md.
+# The measurements behind these choices are in docs/LOG.md.
 # Everything specific to the Wikipedia corpus lives here; another labeled corpus gets its own file.
 
 # annotate.py: the embedded Wikipedia summaries, 4096-id BPE, SFT slice = two topics.
@@ -55,7 +55,7 @@ eval_iters = 10
 log_interval = 50
 dropout = 0.0
 # torch.compile where a C++ compiler is found (training.py falls back to eager): 1.11x the eager
-# steps at one thread each, the same val loss to 4 decimals (RESULTS.md)
+# steps at one thread each, the same val loss to 4 decimals (docs/LOG.md)
 compile = True
 
 # anchor_sft.py: 120 iterations (5 epochs of the ~400 narrow SFT rows), the last half a linear
@@ -71,13 +71,13 @@ sft_patience = 0
 sft_dropout = 0.1
 # the paper supervises the annotation keys in 0.3% of the rows: 1 row of ~400 here, too few for a
 # model this small to keep the format; 20% (~80 rows) holds it, and the text follows its sampled
-# topic more often than at 10% (RESULTS.md: the recipe variants). Values stay masked.
+# topic more often than at 10% (docs/LOG.md: the recipe variants). Values stay masked.
 key_fraction = 0.2
 # Keeping R(z) and the text's fidelity to it through post-training at this size: prior distillation
 # toward the annotated pretrained model, and 4 whole pretraining documents replayed in every batch of
 # 16 SFT rows, their boundaries left to the SFT format (replay_docs). The distillation reads its KL on
 # annotations drawn from the corpus, after the SFT rows' prompts; on those prior rows the format's
-# opening line is a target at opening_weight (3 seeds each, RESULTS.md: 0 broke the format, quality
+# opening line is a target at opening_weight (3 seeds each, docs/LOG.md: 0 broke the format, quality
 # 66%; 1 kept it at 99% but the text followed its annotation less, fidelity 45%; 0.05: 79% and 53%).
 # The replay applies to every arm that does not switch it off: study.py's sft-replay arm (standard SFT
 # with the same replay, from the plain stream) is the fair control; its sft arm and the paper's plain

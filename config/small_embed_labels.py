@@ -1,7 +1,7 @@
 # The embed annotator's zero-shot mode on the embedded Wikipedia summaries: every chunk gets the
 # nearest of the corpus's 11 topic names (annotators.parse_labels: 'Name: term, term; ...'; a label
 # is the mean embedding of its name and its terms). The terms are a prompt of sorts, tuned on one
-# random 1,000 documents and measured on a disjoint 1,000 (RESULTS.md):
+# random 1,000 documents and measured on a disjoint 1,000 (docs/LOG.md):
 #   python annotators.py config/small_embed_labels.py --eval_split=report
 # With config/small.py, once annotate.py takes the embed annotator's keys:
 #   python annotate.py config/small.py config/small_embed_labels.py
