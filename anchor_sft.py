@@ -39,7 +39,7 @@ data_dir = ''  # '' = the data dir the pretrained checkpoint was trained on
 method = 'sft'  # 'sft' (standard) or 'anchored' (annotation-anchored)
 key_fraction = 0.003  # anchored: fraction of rows whose annotation keys are supervised (paper: 0.3%)
 anchor_prior = 'mask'  # 'mask' (anchored: the paper, z is only masked; sft: nothing) or 'distill' (+ prior
-#                        distillation; for method='sft' its plain counterpart, the fair control's)
+#                        distillation; for method='sft' its plain counterpart, the strongest control's)
 distill_weight = 1.0  # lambda of the prior-distillation KL (per annotation position, like the LM loss per token)
 opening_weight = 0.0  # with distill: weight of the SFT format's opening line on the prior rows (0: not a target)
 replay_rows = 0  # windows of the pretraining stream (annotated or plain, by method) added to every training micro-batch

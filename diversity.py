@@ -51,8 +51,9 @@ embed_batch_size = 64
 judge_max_docs = 3000  # held-out docs the judge is trained and tested on (CPU time)
 judge_test_frac = 0.2  # share of them kept out of training to measure the judge's accuracy
 base_arm = 'base'  # the diversity reference of the collapse definitions
-control_arms = 'sft,sft-replay'  # what anchoring is compared with: standard SFT, and SFT with the anchored arm's
-#                                  replay and learning rate (the fair control); comma-separated, absent ones skipped
+control_arms = 'sft,sft-replay,sft-distill'  # what anchoring is compared with: standard SFT, + the anchored
+#                  arm's replay and learning rate, + the plain twin of its prior distillation (the strongest
+#                  control); comma-separated, absent ones skipped
 anchored_arms = 'anchored'  # comma-separated: each is compared with every control; the first is the headline's
 ladder = ''  # 'plain rungs;annotated rungs', e.g. 'sft,sft-replay,sft-distill;anchored-mask,anchored-replay,anchored':
 #             what each ingredient adds on each side, and the annotation at each rung ('' = no table)

@@ -79,9 +79,10 @@ key_fraction = 0.2
 # annotations drawn from the corpus, after the SFT rows' prompts; on those prior rows the format's
 # opening line is a target at opening_weight (3 seeds each, docs/LOG.md: 0 broke the format, quality
 # 66%; 1 kept it at 99% but the text followed its annotation less, fidelity 45%; 0.05: 79% and 53%).
-# The replay applies to every arm that does not switch it off: study.py's sft-replay arm (standard SFT
-# with the same replay, from the plain stream) is the fair control; its sft arm and the paper's plain
-# masking (anchored-mask) run with --replay_rows=0.
+# Both terms apply to every arm that does not switch them off, whatever its method: study.py's
+# sft-distill arm (standard SFT with the same replay, from the plain stream, and the plain counterpart
+# of the distillation) is the strongest control; sft-replay says --anchor_prior=mask, sft and the
+# paper's plain masking (anchored-mask) also --replay_rows=0.
 anchor_prior = 'distill'
 distill_weight = 1.0
 opening_weight = 0.05
@@ -89,7 +90,7 @@ replay_rows = 4
 replay_docs = True
 # An arm that replays also carries the replayed documents (and, anchored, the distillation term) in
 # its steps; at SFT's learning rate it learns the SFT format less, so it trains at its own rate
-# (the anchored arm's format and quality rise from 0.2 to 0.4; the fair control trains at it too).
+# (the anchored arm's format and quality rise from 0.2 to 0.4; the controls that replay train at it too).
 replay_lr_frac = 0.4
 
 # study.py: every arm post-trained and sampled at 3 seeds (the CIs hold the variance of training);
