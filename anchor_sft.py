@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from common import UserError, main_guard, read_jsonl, split_list, write_json
-from formats import (ANN, ASSISTANT, BOS, IGNORE, TEXT, annotation_span, annotation_values, load_meta, load_tokenizer, sft_example,
-                     token_stream)
+from formats import (ANN, ASSISTANT, BOS, IGNORE, TEXT, annotation_span, annotation_values, load_meta, load_tokenizer,
+                     sft_example, token_stream)
 from metrics import entropy_bits
-from training import (check_meta, check_training_config, lm_loss, load_frozen_pretrained, load_checkpoint, lr_multiplier,
-                      model_from_checkpoint, peak_flops, resume_state, setup_device, train)
+from training import (check_meta, check_training_config, lm_loss, load_checkpoint, load_frozen_pretrained,
+                      lr_multiplier, model_from_checkpoint, peak_flops, resume_state, setup_device, train)
 
 # -----------------------------------------------------------------------------
 # default config; keys shared with pretrain.py in one config file keep their meaning
@@ -132,6 +132,12 @@ def sft_opening(rows, special):
     return os.path.commonprefix([ids[response_start(ids, special):] for ids, _ in rows])
 
 
+def prior_head(ids, special, annotated):
+    """How many tokens of an SFT row a prior row keeps: its prompt up to <|ann|> (annotated) or up to
+    <|assistant|> (plain), where the model starts choosing what a response is about."""
+    return (annotation_span(ids, special)[0] if annotated else ids.index(special[ASSISTANT])) + 1
+
+
 def prior_row(ids, z, special, opening, annotated):
     """One prior row (lists): student input, where its opening line starts (the position that
     predicts its first token), teacher input, and the student and teacher positions that predict
@@ -141,12 +147,11 @@ def prior_row(ids, z, special, opening, annotated):
     plain (the control's counterpart): the prompt up to <|assistant|>, the opening line, then z (the
     first tokens of a corpus document); the teacher reads <|bos|> z; distilled: z. A response is the
     opening line and then a text, so this is where the plain model writes what a response is about."""
+    h = ids[:prior_head(ids, special, annotated)]
     if annotated:
-        h = ids[:annotation_span(ids, special)[0] + 1]
         text = len(h) + len(z)  # the position of <|text|>, which predicts the opening's first token
         return (h + z + [special[TEXT]] + opening, text, [special[BOS], special[ANN]] + z,
                 list(range(len(h) - 1, text)), list(range(1, len(z) + 2)))
-    h = ids[:ids.index(special[ASSISTANT]) + 1]
     start = len(h) + len(opening) - 1  # the position that predicts z's first token
     return (h + opening + z, len(h) - 1, [special[BOS]] + z, list(range(start, start + len(z))),
             list(range(len(z))))
@@ -358,8 +363,7 @@ def load_prior(ddir, special, rows, block_size, annotated, seed):
     if opening_weight and not opening:
         raise UserError("opening_weight > 0 needs SFT responses that start alike (the format's opening line); "
                         "these have none in common: set opening_weight=0")
-    head = max((annotation_span(ids, special)[0] if annotated else ids.index(special[ASSISTANT])) + 1
-               for ids, _ in rows)
+    head = max(prior_head(ids, special, annotated) for ids, _ in rows)
     room = block_size - head - len(opening) - (1 if annotated else 0)
     spans = spans[spans[:, 1] - spans[:, 0] <= room]
     if not len(spans):
@@ -419,7 +423,7 @@ def main():
                  init_dir=ckpt['init_dir'] if init_from == 'resume' else init_dir,
                  annotated=ckpt.get('annotated', False), anchor_prior=anchor_prior)
     special = meta['special_tokens']
-    get_batch = make_get_batch(rows['train'], env['device'], special, prior, replay, annotated=method == 'anchored')
+    get_batch = make_get_batch(rows['train'], env['device'], special, prior, replay, annotated=annotated)
     lr_at = partial(lr_multiplier, max_iters=sft_iters, warmup_iters=sft_warmup_iters, schedule='wsd',
                     warmdown_frac=sft_warmdown_frac, final_lr_frac=sft_final_lr_frac)
     train(model, optimizer, get_batch, {'val': lambda: val_batches(rows['val'], env['device'])}, env, state, extra,

@@ -244,11 +244,16 @@ def pick(items, mask):
     return [x for x, keep in zip(items, mask) if keep]
 
 
+def pick_labels(judged, mask):
+    """Every judge's labels ({judge prefix: {key: labels}}) of the masked samples only."""
+    return {p: {k: pick(lab, mask) for k, lab in js.items()} for p, js in judged.items()}
+
+
 def quality_figures(emb, judged, ref, good):
     """q_<figure>: the topic figures of every judge and the dissimilarity of the samples in format and
     finished only (good: a mask), so that an arm that writes less of the format is not read as more
     diverse for its broken samples; NaN where too few samples are good."""
-    sub = {p: {k: pick(lab, good) for k, lab in js.items()} for p, js in judged.items()}
+    sub = pick_labels(judged, good)
     m = {f'q_{k}': v for p, js in sub.items() for k, v in judge_figures(js, ref, p).items()}
     m['q_dissimilarity'] = dissimilarity(np.asarray(emb)[np.asarray(good, dtype=bool)])
     return measurable(m, int(np.sum(good)))
@@ -304,8 +309,7 @@ def prompt_metrics(rows, emb, judged, ref, annotated):
     leak = leaks([r['text'] for r in rows], ref.get('leak'))
     keep = ~leak
     n = int(keep.sum())
-    sub = (pick(rows, keep), np.asarray(emb)[keep], {p: {k: pick(lab, keep) for k, lab in js.items()}
-                                                     for p, js in judged.items()})
+    sub = pick(rows, keep), np.asarray(emb)[keep], pick_labels(judged, keep)
     # with none scored, the figures of all samples only name the metrics: measurable makes each NaN
     m = measurable(sample_figures(*(sub if n else (rows, emb, judged)), ref, annotated), n)
     return dict(m, leak_rate=float(leak.mean()), scored=float(n))

@@ -211,10 +211,11 @@ def parse_variants():
 def main_study(study, temps):
     """The arms of the laptop study; returns the anchored arms, the controls they are compared with
     and the decomposition ladder ('' without --decomposition)."""
+    subset = split_list(arms)
+    chosen = [a for a in HEADLINE + (DECOMPOSITION if decomposition else ()) if not subset or a in subset]
     for k in replicates():
-        for arm in HEADLINE + (DECOMPOSITION if decomposition else ()):
-            if not arms or arm in split_list(arms):
-                study.arm(k, arm)
+        for arm in chosen:
+            study.arm(k, arm)
         if decomposition and k in replicates(ablation=True):  # beside the first seeds: embedded beside training
             for arm in ABLATIONS:
                 study.arm(k, arm)
@@ -225,9 +226,8 @@ def main_study(study, temps):
             study.sample(k, name, study.model(k, name, method, init, args))
         study.embed(f'seed{seed + k}')
     anchored = ['anchored'] + (list(DECOMPOSITION + ABLATIONS) if decomposition else [])
-    variants_ = [n for n, *_ in parse_variants() if n.startswith('anchored')]
-    return anchored + variants_, list(CONTROLS), LADDER if decomposition else ''
-
+    anchored += [n for n, *_ in parse_variants() if n.startswith('anchored')]
+    return anchored, list(CONTROLS), LADDER if decomposition else ''
 
 
 def entropy_study(study, ks, topics):
