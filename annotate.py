@@ -9,15 +9,8 @@ SFT / evaluation sets: the data of the whole study (paper arXiv 2605.09995, sect
 
 Writes data/<name>/: tokenizer.json (bpe), {plain,annotated}_{train,val}.bin (uint16 token streams),
 sft_{train,val}.jsonl, eval_prompts.jsonl, heldout.jsonl, words.txt (the words of the pretraining
-text, for diversity.py's fluency proxy) and, last of all, meta.json.
-
-At corpus scale: the documents live in an on-disk Arrow table (in a temp dir under TMPDIR, as large
-as the corpus), and every pass over them (chunking, annotating, tokenizing) is a batched `datasets`
-map in num_proc processes, so memory does not grow with the corpus. Held in memory are a batch at a
-time, the split's index arrays (8 bytes a document), the small SFT and held-out sets, and bounded
-samples: the keywords annotator is fitted on annotator_docs documents, the BPE and words.txt learn
-from tokenizer_docs documents. bench_annotate.py measures it. Reading the corpus lives in corpus.py,
-the tokenizer and the token streams in streams.py, the text annotators in annotators.py.
+text, for diversity.py's fluency proxy) and, last of all, meta.json. Memory does not grow with the
+corpus (docs/METHOD.md, "Annotating at corpus scale"; bench_annotate.py measures it).
 """
 import itertools
 import os
@@ -25,6 +18,8 @@ import random
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -125,35 +120,25 @@ OUTPUTS = ('meta.json', 'tokenizer.json', 'plain_train.bin', 'plain_val.bin', 'a
 # -----------------------------------------------------------------------------
 # passes over the documents (corpus.py: reading tables in flat memory) and bounded samples
 
-def blocks(ds, fn, **kw):
-    """corpus.map_blocks with this config's block size and processes."""
-    return map_blocks(ds, fn, map_block_docs, num_proc, **kw)
-
-
 def doc_annotations(docs):
     """The annotations of every document, a list per document, a batch in memory."""
     for batch in record_batches(docs, ['annotations']):
         yield from batch.column('annotations').to_pylist()
 
 
-sampled = set()  # the sample bounds that did take a sample (they shape the data: corpus fingerprint)
-
-
-def seeded_sample(ids, bound):
-    """At most config[bound] of ids (ascending), a seeded random sample kept in order: all of them if
-    there are no more."""
-    if len(ids) <= config[bound]:
+def seeded_sample(ids, n, seed):
+    """At most n of ids (ascending), a seeded random sample kept in order: all of them if there are
+    no more."""
+    if len(ids) <= n:
         return ids
-    sampled.add(bound)
-    return np.asarray(ids)[np.sort(random.Random(seed).sample(range(len(ids)), config[bound]))]
+    return np.asarray(ids)[np.sort(random.Random(seed).sample(range(len(ids)), n))]
 
 
 # -----------------------------------------------------------------------------
 # annotate: chunks and their annotations, one Arrow row per document
 
-def parse_fields(spec=None, what='fields'):
+def parse_fields(spec, what='fields'):
     """'key:column,...' -> [(key, column)]; a bare 'topic' means topic:topic."""
-    spec = fields if spec is None else spec
     out = []
     for f in split_list(spec):
         key, _, col = f.partition(':')
@@ -165,10 +150,10 @@ def parse_fields(spec=None, what='fields'):
     return out
 
 
-def parse_exclude():
+def parse_exclude(spec):
     """'key:value,...' -> {(key, value)}, values written as in annotations ('_' for spaces)."""
     out = set()
-    for piece in filter(None, (p.strip() for p in exclude.split(','))):
+    for piece in filter(None, (p.strip() for p in spec.split(','))):
         key, sep, value = piece.partition(':')
         if not sep or not key or not value:
             raise UserError(f"bad exclude entry '{piece}': expected key:value")
@@ -205,54 +190,49 @@ def drop_batch(batch, dropped):
     return {column: list(itertools.compress(values, keep)) for column, values in batch.items()}
 
 
-def build_docs(ds, tcol):
+def chunk_docs(ds, tcol, pairs, refs, regex, n_sentences, blocks):
     """The documents with some text as a datasets.Dataset of chunks and their annotations (parallel
-    lists), shaped to max_sentences, without the documents of an excluded annotation value."""
+    lists; the fields annotator's `pairs`, [] for a text annotator) and reference labels (`refs`),
+    shaped to n_sentences."""
     cols = ds.column_names
-    pairs = parse_fields() if annotator == 'fields' else []
-    refs = parse_fields(reference_fields, 'reference_fields')
     for key, col in pairs + refs:
         if col not in cols:
             raise UserError(f"annotation field '{key}:{col}': no column '{col}' (available: {', '.join(cols)})")
-    docs = blocks(ds, chunk_batch, remove_columns=cols,
-                      fn_kwargs=dict(tcol=tcol, pairs=pairs, refs=refs, regex=chunk_regex, n_sentences=max_sentences))
-    if len(docs) == 0:
-        raise UserError(f"dataset '{dataset}' has no non-empty texts in column '{tcol}'")
-    # exclude before a text annotator is fitted, unless it names a key only that annotator writes
-    dropped = parse_exclude()
-    early = dropped and {k for k, _ in dropped} <= {k for k, _ in pairs + refs}
-    if early:
-        docs = drop_docs(docs, dropped)
-    if annotator != 'fields':
-        docs = annotate_docs(docs)
-    return drop_docs(docs, dropped) if dropped and not early else docs
+    return blocks(ds, chunk_batch, remove_columns=cols,
+                  fn_kwargs=dict(tcol=tcol, pairs=pairs, refs=refs, regex=regex, n_sentences=n_sentences))
 
 
-def drop_docs(docs, dropped):
+def drop_docs(docs, dropped, exclude, blocks):
+    """The documents without an annotation pair of `dropped` (parsed from the exclude spec)."""
     docs = blocks(docs, drop_batch, remove_columns=docs.column_names, fn_kwargs=dict(dropped=dropped))
     if len(docs) == 0:
         raise UserError(f"exclude={exclude} drops every document")
     return docs
 
 
-def annotate_docs(docs):
-    """A text annotator, fitted on a bounded sample of the chunks and applied batch by batch: the
-    corpus is never in memory at once. One that holds a model (embed, llm) runs in this process on
-    its device; keywords runs in the num_proc workers."""
-    sample = seeded_sample(range(len(docs)), 'annotator_docs')
-    annotate = make_annotator(annotator, config).fit(column_items(split_rows(docs, sample, ['chunks']), 'chunks'))
-    print(f"  {annotator} annotator fitted on {len(sample)} documents")
+def fit_annotator(docs, rows, kind, cfg):
+    """A text annotator of kind (cfg: its settings, annotators.DEFAULTS' keys), fitted on the chunks
+    of the documents at rows (a bounded sample): the corpus is never in memory at once."""
+    annotate = make_annotator(kind, cfg).fit(column_items(split_rows(docs, rows, ['chunks']), 'chunks'))
+    print(f"  {kind} annotator fitted on {len(rows)} documents")
+    return annotate
+
+
+def annotate_docs(docs, annotate, kind, cache_key, blocks):
+    """Every chunk's annotation from a fitted text annotator, batch by batch. One that holds a model
+    (embed, llm) runs in this process on its device, cached under cache_key; keywords runs in the
+    num_proc workers."""
     if not annotate.in_process:
         return blocks(docs, annotate_batch, fn_kwargs=dict(annotate=annotate))
     # a model is neither pickled to workers nor hashed for datasets' cache: a fingerprint of our own
     docs = docs.map(annotate_batch, batched=True, batch_size=1024, fn_kwargs=dict(annotate=annotate),
-                    new_fingerprint=fingerprint('annotate', annotator, content_config(), len(docs)))
+                    new_fingerprint=cache_key)
     if getattr(annotate, 'stats', None):
-        print(f"  {annotator} annotator: " + ', '.join(f'{k} {v:,}' for k, v in annotate.stats.items()))
+        print(f"  {kind} annotator: " + ', '.join(f'{k} {v:,}' for k, v in annotate.stats.items()))
     return docs
 
 
-def reference_stats(docs):
+def reference_stats(docs, max_categories):
     """The reference keys (reference_fields) and those of them that are categorical."""
     values = {}
     for batch in record_batches(docs, ['reference']):
@@ -264,10 +244,11 @@ def reference_stats(docs):
     return list(values), [k for k, vs in values.items() if 2 <= len(vs) <= max_categories]
 
 
-def annotation_stats(docs):
-    """One pass over the annotations: the annotation keys in meta.json's order (of first appearance in
-    the sorted distinct annotations), each key's distinct values up to max_categories + 1 (enough to
-    tell a categorical key), the documents of every sft_key value, and the number of chunks."""
+def annotation_stats(docs, sft_key, max_categories, key_order=None):
+    """One pass over the annotations: the annotation keys in meta.json's order (key_order's, the
+    fields annotator's config order, else of first appearance in the sorted distinct annotations),
+    each key's distinct values up to max_categories + 1 (enough to tell a categorical key), the
+    documents of every sft_key value, and the number of chunks."""
     first = {}  # key -> (smallest annotation that holds it, its place there)
     values = {}
     sft_counts = Counter()  # value -> documents; in order of first appearance (most_common's ties)
@@ -286,8 +267,8 @@ def annotation_stats(docs):
                     doc_sft[v] = None
         sft_counts.update(list(doc_sft))  # once per document
     keys = sorted(first, key=first.get)
-    if annotator == 'fields':  # config order
-        keys = [k for k, _ in parse_fields() if k in first]
+    if key_order is not None:
+        keys = [k for k in key_order if k in first]
     return {'keys': keys, 'categorical': [k for k in keys if 2 <= len(values[k]) <= max_categories],
             'sft_counts': sft_counts, 'chunks': chunks}
 
@@ -295,7 +276,7 @@ def annotation_stats(docs):
 # -----------------------------------------------------------------------------
 # split: document level, as index lists
 
-def sft_slice(counts):
+def sft_slice(counts, sft_values, sft_key, max_categories):
     """The sft_key values of the SFT slice ([] = any document), from sft_values and the corpus's
     sft_key values with their document counts."""
     norm = lambda v: '_'.join(v.split())  # annotation values have '_' for spaces
@@ -315,14 +296,14 @@ def sft_slice(counts):
     return wanted
 
 
-def docs_with(docs, wanted):
+def docs_with(docs, wanted, sft_key):
     """Indices of the documents with one of the wanted sft_key values in an annotation."""
     wanted = set(wanted)
     return np.fromiter((i for i, zs in enumerate(doc_annotations(docs)) if any(
         k == sft_key and v in wanted for z in dict.fromkeys(zs) for k, v in parse_annotation(z))), dtype=np.int64)
 
 
-def first_values(docs):
+def first_values(docs, sft_key):
     """The first sft_key value of every document's annotations (None where it has none)."""
     return [next((v for z in zs for k, v in parse_annotation(z) if k == sft_key), None)
             for zs in doc_annotations(docs)]
@@ -339,35 +320,46 @@ def cap_per_value(ids, values, cap):
     return np.array(keep, dtype=np.int64)
 
 
-def split_docs(docs, sft_counts):
-    """Document-level splits: SFT (the narrow slice), judge hold-out (all topics), pretraining;
-    and the sft_key values of the SFT slice. Index arrays, 8 bytes a document: random.shuffle swaps
-    the items of a numpy array as it does a list's, the same permutation for the same length. With
+@dataclass(frozen=True)
+class SplitSizes:
+    """The documents held out of pretraining (SFT train and validation, the judge's), and the
+    fraction of the pretraining documents that validates."""
+    sft_docs: int
+    sft_val_docs: int
+    heldout_docs: int
+    val_fraction: float
+
+
+def split_docs(docs, wanted, sft_key, sizes, balance_docs, seed):
+    """Document-level splits: SFT (the documents with a wanted sft_key value, [] = any), judge
+    hold-out (all topics), pretraining. Index arrays, 8 bytes a document: random.shuffle swaps the
+    items of a numpy array as it does a list's, the same permutation for the same length. With
     balance_docs the hold-out and pretraining documents are the first of each sft_key value in the
     shuffled order (a random draw), shuffled again so that the hold-out is drawn from the evened
     corpus; the SFT slice is drawn first, as without it."""
     rng = random.Random(seed)
-    wanted = sft_slice(sft_counts)
-    pool = docs_with(docs, wanted) if wanted else np.arange(len(docs))
-    if len(pool) < sft_docs + sft_val_docs:
+    n_sft = sizes.sft_docs + sizes.sft_val_docs
+    pool = docs_with(docs, wanted, sft_key) if wanted else np.arange(len(docs))
+    if len(pool) < n_sft:
         raise UserError(f"only {len(pool)} documents have {sft_key} in {wanted or 'any'}, "
-                        f"need sft_docs + sft_val_docs = {sft_docs + sft_val_docs}")
+                        f"need sft_docs + sft_val_docs = {n_sft}")
     rng.shuffle(pool)
-    sft, sft_val = pool[:sft_docs], pool[sft_docs:sft_docs + sft_val_docs]
+    sft, sft_val = pool[:sizes.sft_docs], pool[sizes.sft_docs:n_sft]
     free = np.ones(len(docs), dtype=bool)
-    free[pool[:sft_docs + sft_val_docs]] = False
+    free[pool[:n_sft]] = False
     rest = np.flatnonzero(free)  # in order, as the SFT slice leaves them
     rng.shuffle(rest)
     if balance_docs:  # a random draw of at most balance_docs per value, then in random order again
-        rest = cap_per_value(rest, first_values(docs), balance_docs)
+        rest = cap_per_value(rest, first_values(docs, sft_key), balance_docs)
         rng.shuffle(rest)
-    heldout, pre = rest[:heldout_docs], rest[heldout_docs:]
-    n_val = max(1, round(val_fraction * len(pre)))
+    heldout, pre = rest[:sizes.heldout_docs], rest[sizes.heldout_docs:]
+    n_val = max(1, round(sizes.val_fraction * len(pre)))
     if len(pre) - n_val < 1:
-        raise UserError(f"too few documents ({len(docs)}) for sft_docs={sft_docs}, sft_val_docs={sft_val_docs}, "
-                        f"heldout_docs={heldout_docs} and a pretraining train/val split")
+        raise UserError(f"too few documents ({len(docs)}) for sft_docs={sizes.sft_docs}, "
+                        f"sft_val_docs={sizes.sft_val_docs}, heldout_docs={sizes.heldout_docs} "
+                        f"and a pretraining train/val split")
     return {'train': np.sort(pre[n_val:]), 'val': np.sort(pre[:n_val]), 'sft_train': sft.tolist(),
-            'sft_val': sft_val.tolist(), 'heldout': heldout.tolist()}, wanted
+            'sft_val': sft_val.tolist(), 'heldout': heldout.tolist()}
 
 
 # -----------------------------------------------------------------------------
@@ -383,7 +375,7 @@ def first_chunks(docs, rows):
     return out
 
 
-def write_sets(docs, splits, data_dir):
+def write_sets(docs, splits, data_dir, assistant_opening, seed):
     """SFT rows (assistant style, annotation of the first chunk), eval prompts, judge references."""
     first = first_chunks(docs, splits['sft_train'] + splits['sft_val'] + splits['heldout'])
     rng = random.Random(seed + 1)
@@ -402,7 +394,7 @@ def write_sets(docs, splits, data_dir):
 # -----------------------------------------------------------------------------
 # the run: config checks, the output dir, the steps in order
 
-def default_name():
+def default_name(dataset):
     """'wiki', or the basename of the (first) dataset path or hub name, made safe for a directory."""
     if dataset == 'wiki':
         return 'wiki'
@@ -410,44 +402,44 @@ def default_name():
     return re.sub(r'[^A-Za-z0-9_.-]+', '_', base).strip('._') or 'corpus'
 
 
-def check_annotate_config():
+def check_annotate_config(cfg):
     """Every config value, before the corpus is even loaded."""
-    check_config(config, positive=('keywords_per_chunk', 'sft_docs', 'sft_val_docs', 'heldout_docs', 'num_proc',
-                                   'annotator_docs', 'tokenizer_docs', 'map_block_docs'),
+    check_config(cfg, positive=('keywords_per_chunk', 'sft_docs', 'sft_val_docs', 'heldout_docs', 'num_proc',
+                                'annotator_docs', 'tokenizer_docs', 'map_block_docs'),
                  nonneg=('max_docs', 'max_sentences', 'balance_docs'),
                  choices=dict(annotator=('fields', *KINDS), tokenizer=('bpe', 'gpt2'),
                               text_sample_by=('line', 'paragraph', 'document')))
-    if not 0 < val_fraction < 1:
-        raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if max_categories < 2:
-        raise UserError(f"max_categories must be >= 2, got {max_categories}")
-    if tokenizer == 'bpe' and not 256 + len(SPECIALS) <= vocab_size <= 65536:
-        raise UserError(f"vocab_size {vocab_size} must be in [{256 + len(SPECIALS)}, 65536] (uint16 streams)")
-    if name and (os.sep in name or name in ('.', '..')):
-        raise UserError(f"name '{name}' must be a plain directory name")
+    if not 0 < cfg['val_fraction'] < 1:
+        raise UserError(f"val_fraction must be in (0, 1), got {cfg['val_fraction']}")
+    if cfg['max_categories'] < 2:
+        raise UserError(f"max_categories must be >= 2, got {cfg['max_categories']}")
+    if cfg['tokenizer'] == 'bpe' and not 256 + len(SPECIALS) <= cfg['vocab_size'] <= 65536:
+        raise UserError(f"vocab_size {cfg['vocab_size']} must be in [{256 + len(SPECIALS)}, 65536] (uint16 streams)")
+    if cfg['name'] and (os.sep in cfg['name'] or cfg['name'] in ('.', '..')):
+        raise UserError(f"name '{cfg['name']}' must be a plain directory name")
     try:
-        re.compile(chunk_regex)
+        re.compile(cfg['chunk_regex'])
     except re.error as e:
         raise UserError(f"chunk_regex is not a regular expression ({e})")
-    if annotator == 'fields':
-        parse_fields()
+    if cfg['annotator'] == 'fields':
+        parse_fields(cfg['fields'])
     else:
-        settings(annotator, config)
-    parse_fields(reference_fields, 'reference_fields')
-    parse_exclude()
+        settings(cfg['annotator'], cfg)
+    parse_fields(cfg['reference_fields'], 'reference_fields')
+    parse_exclude(cfg['exclude'])
 
 
-def content_config():
+def content_config(cfg, sampled):
     """The config values that shape the data, for the corpus fingerprint: not how the passes run or
-    where the data goes, and a sample bound only where it took a sample (a bound above the corpus
-    changes nothing)."""
+    where the data goes, and a sample bound only where it took a sample (`sampled`: a bound above
+    the corpus changes nothing)."""
     skip = {'num_proc', 'map_block_docs', 'streaming', 'data_root', 'name'}
     skip |= {'annotator_docs', 'tokenizer_docs'} - sampled
-    skip |= set() if balance_docs else {'balance_docs'}  # off: the fingerprint of a corpus drawn whole
-    return {k: v for k, v in config.items() if k not in skip}
+    skip |= set() if cfg['balance_docs'] else {'balance_docs'}  # off: the fingerprint of a corpus drawn whole
+    return {k: v for k, v in cfg.items() if k not in skip}
 
 
-def prepare_dir(data_dir, ranks, pattern, n_ranks, annotation_keys):
+def prepare_dir(data_dir, tokenizer, ranks, pattern, n_ranks, annotation_keys):
     """The first write, and the tokenizer's metadata. A stale meta.json would make a half-rewritten
     dir look complete: it goes first and comes back last."""
     check_out_dir(data_dir, 'data dir')
@@ -463,9 +455,16 @@ def prepare_dir(data_dir, ranks, pattern, n_ranks, annotation_keys):
                                        special_tokens, annotation_keys)}
 
 
-def load_docs():
-    """Load, annotate, split: every check on the input happens here, before anything is written.
-    The documents, their splits, the annotation statistics and the source files."""
+def main():
+    t0 = time.time()
+    check_annotate_config(config)
+    out_name = name or default_name(dataset)
+    data_dir = os.path.join(data_root, out_name)
+    check_out_dir(data_root, 'data_root')
+    blocks = partial(map_blocks, map_block_docs=map_block_docs, num_proc=num_proc)  # how every pass runs
+    sampled = set()  # the sample bounds that did take a sample (they shape the data: corpus fingerprint)
+
+    # load, annotate, split: every check on the input happens here, before anything is written
     print(f"loading {dataset} ...")
     ds, files = load_corpus(dataset, hf_config, hf_split, streaming, max_docs, text_sample_by)
     tcol = text_column or ('extract' if dataset == 'wiki' else 'text')
@@ -473,29 +472,40 @@ def load_docs():
     if max_docs and len(ds) > max_docs:
         ds = ds.select(range(max_docs))
     print(f"annotating {len(ds)} documents ({annotator}) ...")
-    docs = build_docs(ds, tcol)
-    ann = annotation_stats(docs)
-    ann['reference_keys'], categorical = reference_stats(docs)
+    pairs = parse_fields(fields) if annotator == 'fields' else []
+    refs = parse_fields(reference_fields, 'reference_fields')
+    docs = chunk_docs(ds, tcol, pairs, refs, chunk_regex, max_sentences, blocks)
+    if len(docs) == 0:
+        raise UserError(f"dataset '{dataset}' has no non-empty texts in column '{tcol}'")
+    # exclude before a text annotator is fitted, unless it names a key only that annotator writes
+    dropped = parse_exclude(exclude)
+    early = dropped and {k for k, _ in dropped} <= {k for k, _ in pairs + refs}
+    if early:
+        docs = drop_docs(docs, dropped, exclude, blocks)
+    if annotator != 'fields':
+        fit_rows = seeded_sample(range(len(docs)), annotator_docs, seed)
+        sampled |= {'annotator_docs'} if len(fit_rows) < len(docs) else set()
+        annotate = fit_annotator(docs, fit_rows, annotator, {k: config[k] for k in ANNOTATOR_DEFAULTS})
+        cache_key = fingerprint('annotate', annotator, content_config(config, sampled), len(docs))
+        docs = annotate_docs(docs, annotate, annotator, cache_key, blocks)
+    if dropped and not early:
+        docs = drop_docs(docs, dropped, exclude, blocks)
+    ann = annotation_stats(docs, sft_key, max_categories, [k for k, _ in pairs] if annotator == 'fields' else None)
+    ann['reference_keys'], categorical = reference_stats(docs, max_categories)
     ann['categorical'] += [k for k in categorical if k not in ann['categorical']]
-    splits, ann['sft_slice'] = split_docs(docs, ann['sft_counts'])
-    return docs, splits, ann, files
+    ann['sft_slice'] = sft_slice(ann['sft_counts'], sft_values, sft_key, max_categories)
+    splits = split_docs(docs, ann['sft_slice'], sft_key, SplitSizes(sft_docs, sft_val_docs, heldout_docs,
+                                                                    val_fraction), balance_docs, seed)
 
+    tok_rows = seeded_sample(splits['train'], tokenizer_docs, seed)
+    sampled |= {'tokenizer_docs'} if len(tok_rows) < len(splits['train']) else set()
+    ranks, pattern, n_ranks, words = learn_vocabulary(docs, tok_rows, tokenizer, vocab_size)
 
-def main():
-    t0 = time.time()
-    check_annotate_config()
-    out_name = name or default_name()
-    data_dir = os.path.join(data_root, out_name)
-    check_out_dir(data_root, 'data_root')
-    docs, splits, ann, files = load_docs()
-    ranks, pattern, n_ranks, words = learn_vocabulary(docs, seeded_sample(splits['train'], 'tokenizer_docs'),
-                                                      tokenizer, vocab_size)
-
-    tok_meta = prepare_dir(data_dir, ranks, pattern, n_ranks, ann['keys'])
+    tok_meta = prepare_dir(data_dir, tokenizer, ranks, pattern, n_ranks, ann['keys'])
     stats = {'docs': {k: len(v) for k, v in splits.items()}, 'chunks': ann['chunks']}
     stream_stats, max_ann = write_streams(docs, splits, data_dir, tok_meta, blocks)
     stats.update(stream_stats)
-    write_sets(docs, splits, data_dir)
+    write_sets(docs, splits, data_dir, assistant_opening, seed)
     # the words a model saw in pretraining: a sample whose words are not among them is not fluent
     write_text(os.path.join(data_dir, 'words.txt'), '\n'.join(words) + '\n')
     stats['words'] = len(words)
@@ -507,7 +517,7 @@ def main():
             'sft_values': ann['sft_slice'], 'assistant_opening': assistant_opening, 'max_annotation_tokens': max_ann,
             'fingerprint': tok_meta['fingerprint'],
             'corpus_fingerprint': fingerprint(dataset, [os.path.abspath(f) for f in files],
-                                              content_config(), len(docs)),
+                                              content_config(config, sampled), len(docs)),
             'config': config, 'stats': stats}
     write_json(os.path.join(data_dir, 'meta.json'), meta)  # last: the dir is complete
 
@@ -520,4 +530,3 @@ def main():
 
 if __name__ == '__main__':
     main_guard(main)
-

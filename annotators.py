@@ -1,26 +1,14 @@
 """
-Annotators for a corpus without labels (paper arXiv 2605.09995, section 3: the paper annotates its
-pretraining documents with an LLM, Qwen3-30B-A3B, and the annotator "need not be accurate", only
-high-entropy). annotate.py uses them through one seam:
+Annotators for a corpus without labels (paper arXiv 2605.09995, section 3: the annotator "need not
+be accurate", only high-entropy). annotate.py uses them through one seam:
 
     annotator = make_annotator(kind, cfg)   # 'keywords', 'embed' or 'llm'; cfg: config values (DEFAULTS below)
     annotator.fit(sample_chunks)            # a bounded sample of chunk texts (a no-op where nothing is fitted)
     annotator(chunks) -> ['key:value ...']  # one annotation per chunk text, batched inside
 
-keywords: the top TF-IDF terms of every chunk (IDF and vocabulary of the fitted sample), written as
-    `keyword:<term>`. Small once fitted: annotate.py pickles it to its num_proc worker processes.
-embed, zero-shot labels (embed_labels set): every chunk gets the nearest label by cosine similarity
-    of sentence embeddings (embeddings.py, the embedder diversity.py uses too), written as `<embed_key>:<label>`.
-embed, clusters (embed_labels = ''): k-means over the embeddings of the fitted sample; every chunk
-    gets its nearest cluster, named by the cluster's most distinctive words (class-based TF-IDF),
-    e.g. `topic:music_album_band`.
-llm: a causal LM (transformers; vLLM when installed, on CUDA) writes `key: value` lines for the
-    paper's keys; the output is parsed and validated, an empty or unparseable answer gets
-    llm_fallback (counted in .stats), and every answer is cached by chunk hash in an append-only
-    JSONL file, so an interrupted run resumes without generating again.
-
-The agreement of the embed annotator with the embedded Wikipedia corpus's own topic labels (a
-measurement, no part of annotating):
+keywords: top TF-IDF terms; embed: a sentence embedder's zero-shot labels or k-means clusters; llm: a
+causal LM's `key: value` lines, cached (how each works: docs/METHOD.md, "The text annotators"). The
+embed annotator's agreement with the embedded Wikipedia corpus's own topic labels, a measurement:
 
     python annotators.py config/small_embed_labels.py --eval_split=report   # zero-shot labels
     python annotators.py config/small_embed.py --eval_split=report          # clusters: purity

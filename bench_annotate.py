@@ -1,22 +1,15 @@
 """
-Benchmark of annotate.py at corpus scale, bench.py's idea (time one thing at a time, print a small
-table): synthetic labeled JSONL corpora of growing size, annotate.py run on each as a subprocess,
-its wall time and peak memory side by side. The target: memory flat in the corpus size, time about
-linear.
+Benchmark of annotate.py at corpus scale: synthetic labeled JSONL corpora of growing size,
+annotate.py run on each as a subprocess, its wall time and peak memory side by side (bench.py's
+idea: time one thing at a time, print a small table). The target: memory flat in the corpus size,
+time about linear.
 
     python bench_annotate.py                                   # 25, 100 and 400 MB (a few minutes)
     python bench_annotate.py --sizes_mb=5,20,80 --annotator=keywords
 
-The corpus is made on the fly, with the variety the BPE and the keywords annotator need to do real
-work: Zipf-distributed pseudo-words from a vocabulary, topic words that follow each document's topic
-label, titles, descriptions, and a few paragraphs per document. The corpora are kept in corpus_dir
-(made once per size and seed) with annotate.py's log next to each; the data dirs go to a temp dir.
-
-Memory, two figures: 'max RSS' is the peak resident set of the largest process (what /usr/bin/time
-reports; it also counts the pages of memory-mapped Arrow files that a process has read, which the
-kernel can drop at will), 'peak anon' the peak of the anonymous memory of annotate.py and all its
-worker processes together (proportional set size, sampled every 0.1 s): the RAM the run needs.
-Each run gets its own empty datasets cache (HF_DATASETS_CACHE), so each one parses its JSONL.
+The corpora are kept in corpus_dir (made once per size and seed) with annotate.py's log next to
+each; the data dirs go to a temp dir. What a synthetic corpus holds and what the two memory figures
+('max RSS', 'peak anon') count: docs/METHOD.md, "Annotating at corpus scale".
 """
 import json
 import os
@@ -47,17 +40,18 @@ FUNCTION_WORDS = 'the of and in to a is was for on as by with that from at it an
 SYLLABLES = [c + v for c in 'bcdfghklmnprstvwz' for v in ('a', 'e', 'i', 'o', 'u', 'ai', 'ou', 'er', 'an')]
 
 
-def vocabulary(rng):
-    """vocab_words distinct pseudo-words of 1 to 4 syllables, most frequent first."""
+def vocabulary(rng, n_words):
+    """n_words distinct pseudo-words of 1 to 4 syllables, most frequent first."""
     words = dict.fromkeys(FUNCTION_WORDS)
-    while len(words) < vocab_words:
+    while len(words) < n_words:
         words[''.join(rng.choice(SYLLABLES, rng.integers(1, 5)))] = None
     return np.array(list(words))
 
 
-def make_corpus(path, mb, rng):
-    """A JSONL corpus of about mb MB: text (paragraphs of sentences), title, topic, description."""
-    vocab = vocabulary(rng)
+def make_corpus(path, mb, rng, n_words):
+    """A JSONL corpus of about mb MB: text (paragraphs of sentences), title, topic, description, in
+    a language of n_words pseudo-words."""
+    vocab = vocabulary(rng, n_words)
     cdf = np.cumsum(1 / np.arange(1, len(vocab) + 1) ** 1.1)  # Zipf: word k about as frequent as 1/k
     cdf /= cdf[-1]
     topic_words = {t: vocab[rng.choice(np.arange(len(FUNCTION_WORDS), len(vocab)), 300, replace=False)]
@@ -106,13 +100,15 @@ def tree_anon_kb(root):
     return total
 
 
-def run_annotate(corpus, out_root, log):
-    """(wall seconds, max RSS MB of the largest process, peak anon MB of the tree, meta.json)."""
+def run_annotate(corpus, out_root, log, annotator, num_proc):
+    """annotate.py with this annotator and num_proc worker processes: (wall seconds, max RSS MB of
+    the largest process, peak anon MB of the tree, meta.json)."""
     cmd = [sys.executable, 'annotate.py', f'--dataset={corpus}', f'--data_root={out_root}', '--name=bench',
            f'--annotator={annotator}', f'--num_proc={num_proc}']
     if annotator == 'keywords':
         cmd += ['--sft_key=keyword', '--sft_values=']  # SFT slice: any document (keywords are many)
     here = os.path.dirname(os.path.abspath(__file__))
+    # its own empty datasets cache: each run parses its JSONL
     env = dict(os.environ, HF_DATASETS_CACHE=os.path.join(out_root, 'hf_cache'))
     t0, peak = time.time(), 0
     with open(log, 'w') as out:
@@ -150,9 +146,9 @@ def main():
             corpus = os.path.join(corpus_dir, f'corpus_{mb:g}mb_seed{seed}.jsonl')
             if not os.path.exists(corpus):
                 print(f"  (making {corpus} ...)", flush=True)
-                make_corpus(corpus, mb, np.random.default_rng(seed))
+                make_corpus(corpus, mb, np.random.default_rng(seed), vocab_words)
             run_dir = os.path.join(tmp, f'{mb:g}')
-            wall, rss, anon, meta = run_annotate(corpus, run_dir, corpus[:-len('.jsonl')] + '.log')
+            wall, rss, anon, meta = run_annotate(corpus, run_dir, corpus[:-len('.jsonl')] + '.log', annotator, num_proc)
             shutil.rmtree(run_dir)  # the data dir and the datasets cache: as large as the corpus
             s = meta['stats']
             docs, tokens = sum(s['docs'].values()), s['tokens_plain_train'] + s['tokens_plain_val']
