@@ -33,7 +33,7 @@ def config_keys(g):
 
 
 STAGES = ('annotate.py', 'pretrain.py', 'anchor_sft.py', 'sample.py', 'diversity.py', 'bench.py', 'bench_annotate.py',
-          'study.py')
+          'bench_resume.py', 'study.py')
 
 
 def stage_keys():

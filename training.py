@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (UserError, atomic_write, check_config, check_device, check_out_dir, clean_stale_temps,
-                    write_json)
+                    die_with_parent, write_json)
 from formats import IGNORE
 from model import GPT, RECIPES, GPTConfig
 
@@ -68,6 +68,7 @@ def setup_device(device='auto', backend='auto'):
     ddp = int(os.environ.get('RANK', -1)) != -1
     rank, local_rank, world = 0, 0, 1
     if ddp:
+        die_with_parent()  # torchrun starts its workers in sessions of their own: none outlives it
         if backend == 'auto':
             backend = 'nccl' if device.startswith('cuda') else 'gloo'
         dist.init_process_group(backend=backend)
@@ -142,8 +143,14 @@ def lr_multiplier(it, max_iters, warmup_iters, schedule, warmdown_frac, final_lr
 # checkpoints
 
 def save_checkpoint(path, ckpt):
-    """torch.save to a temp file, then rename: a kill mid-write never leaves a broken ckpt.pt."""
-    atomic_write(path, lambda f: torch.save(ckpt, f), mode='wb')
+    """torch.save to a temp file, then rename: a kill mid-write never leaves a broken ckpt.pt, and a
+    write that fails (a full disk) ends in one line, the previous checkpoint kept as it was."""
+    try:
+        atomic_write(path, lambda f: torch.save(ckpt, f), mode='wb')
+    except (OSError, RuntimeError) as e:  # torch.save reports a short write as a RuntimeError
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"writing {path} failed ({reason}): is the disk full? The previous checkpoint is kept; "
+                        f"free space and rerun with --init_from=resume")
 
 
 def model_path(run_dir):
@@ -181,6 +188,16 @@ def load_frozen_pretrained(run_dir, device, fingerprint, what, annotated=True):
     model = model_from_checkpoint(ckpt, device).eval()
     model.requires_grad_(False)
     return model
+
+
+def elastic_restart(out_dir):
+    """Whether this process is a restart by torchrun (--max-restarts) of a group that already wrote a
+    checkpoint: it then continues from that checkpoint, not from its start. The checkpoint must carry
+    this torchrun's run id, so that another run's checkpoint in out_dir is never trained on."""
+    if int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')) == 0:
+        return False
+    path = os.path.join(out_dir, 'ckpt.pt')
+    return os.path.isfile(path) and load_checkpoint(path).get('run_id') == os.environ.get('TORCHELASTIC_RUN_ID')
 
 
 def model_from_checkpoint(ckpt, device):
@@ -307,8 +324,13 @@ def save_run(out_dir, raw, optimizer, state, gen, ckpt_extra, device_type, best)
                 iter_num=state['iter_num'], best_val_loss=state['best_val_loss'],
                 history=state['history'], data_rng=gen.get_state(),
                 torch_rng=torch.get_rng_state(), train_time=state['train_time'],
-                cuda_rng=torch.cuda.get_rng_state_all() if device_type == 'cuda' else None)
-    write_json(os.path.join(out_dir, 'log.json'), state['history'])
+                cuda_rng=torch.cuda.get_rng_state_all() if device_type == 'cuda' else None,
+                run_id=os.environ.get('TORCHELASTIC_RUN_ID'))  # (elastic_restart: whose checkpoint)
+    try:
+        write_json(os.path.join(out_dir, 'log.json'), state['history'])
+    except OSError as e:
+        raise UserError(f"writing {out_dir}/log.json failed ({e.strerror}): is the disk full? "
+                        f"The previous checkpoint is kept")
     if best:
         save_checkpoint(os.path.join(out_dir, 'best.pt'), ckpt)
     save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), ckpt)
@@ -352,7 +374,7 @@ def eval_step(raw, evals, ctx, state, entry, bar, min_delta):
 def train(model, optimizer, get_batch, evals, env, state, ckpt_extra, *, out_dir, max_iters, lr_at,
           eval_interval, log_interval=10, accum=1, grad_clip=1.0, seed=1337, dtype='auto', compile=False,
           peak_flops=0.0, progress=True, loss_fn=lm_loss, keep_best=False, patience=0, min_delta=0.0,
-          desc='train'):
+          desc='train', ckpt_interval=0):
     """Train `model` until max_iters (or early stopping); returns the loop state.
 
     get_batch(split, gen, micro_ids) -> the batches (x, y, ...) of the micro-batch numbers micro_ids,
@@ -362,6 +384,8 @@ def train(model, optimizer, get_batch, evals, env, state, ckpt_extra, *, out_dir
     methods). state: resume_state() of a fresh start or of a checkpoint. ckpt_extra: what else goes
     into every checkpoint. keep_best: also keep the checkpoint of the lowest val loss as best.pt;
     patience > 0: stop after that many evaluations without a val loss lower by more than min_delta.
+    ckpt_interval > 0: also write ckpt.pt every that many iterations between evaluations (an
+    interrupted run then loses at most that many iterations; an evaluation costs more than a write).
     """
     master, world = env['master'], env['world']
     accum //= world  # each rank does its share (check_training_config: accum divides by the ranks)
@@ -395,7 +419,7 @@ def train(model, optimizer, get_batch, evals, env, state, ckpt_extra, *, out_dir
                          raw.estimate_mfu(tokens_per_iter, dt, peak_flops) if peak_flops else None)
             best = is_eval and eval_step(raw, evals, ctx, state, entry, bar, min_delta)
             state['history'].append(entry)
-            if is_eval:
+            if is_eval or (ckpt_interval and it % ckpt_interval == 0):
                 save_run(out_dir, raw, optimizer, state, gen, ckpt_extra, env['device_type'], best and keep_best)
             t0 = time.time()  # evaluation and saving are not step time
         if is_eval and patience and should_stop(state, patience, min_delta, env):  # every rank stops with the first

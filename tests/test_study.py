@@ -1,6 +1,7 @@
 """The whole pipeline end to end on a tiny corpus: study.py runs every stage and arm, writes the
 report with every metric and the headline, and a re-run skips everything."""
 import json
+import os
 
 from conftest import make_corpus, run
 
@@ -107,14 +108,14 @@ def test_study_end_to_end_and_rerun_skips(tmp_path):
     assert json.load(open(out / 'seed1337' / 'anchored-plain' / 'sft_set.json'))['rows'] > 0
 
 
-def test_study_graph_the_arms_and_their_recipes(tmp_path, monkeypatch):
+def test_study_graph_the_arms_and_their_recipes(tmp_path):
     """The stages the laptop study runs, without running them: the headline arms at every seed, the
     temperature sweep of the controls and the anchored arm, and what each post-training changes of
     the config's recipe (one ingredient a rung; the strongest control distills toward the plain model)."""
     import study
-    monkeypatch.setattr(study, 'seeds', 2)
-    st = study.Study(str(tmp_path / 'out'), str(tmp_path / 'data'), str(tmp_path / 'report'))
-    anchored, controls, ladder = study.main_study(st, [0.7])
+    seeds, sampling = study.Seeds(seed=1337, seeds=2, pretrain_seeds=1, ablation_seeds=1), study.Sampling(32, 128, 1.0)
+    st = study.Study(str(tmp_path / 'out'), str(tmp_path / 'data'), str(tmp_path / 'report'), seeds, sampling)
+    anchored, controls, ladder = study.main_study(st, [0.7], arms='', decomposition=False, variants=[])
     assert anchored == ['anchored'] and controls == ['sft', 'sft-replay', 'sft-distill'] and ladder == ''
     names = set(st.stages)
     for s in (1337, 1338):
@@ -127,10 +128,15 @@ def test_study_graph_the_arms_and_their_recipes(tmp_path, monkeypatch):
     assert not any('anchor_prior' in a or 'replay_rows' in a for a in args['sft-distill'] + args['anchored'])
     assert all(f'--init_dir={tmp_path / "out" / "pretrain1337" / "base"}' in args[r]
                for r in ('sft', 'sft-replay', 'sft-distill'))
+    # every training stage names the checkpoint it resumes from, in its own out_dir
+    trains = [st.stages[n] for n in names if st.stages[n].script in ('pretrain.py', 'anchor_sft.py')]
+    assert trains and all(t.checkpoint == t.outputs[0] and f'--out_dir={os.path.dirname(t.checkpoint)}' in t.args
+                          for t in trains)
+    assert '--temperature=0.7' in st.stages['sample-sft@t0.7/1337'].args
+    assert '--temperature=1.0' in st.stages['sample-sft/1337'].args
     # a subset of arms runs only what it needs: base and sft, no annotated model at all
-    monkeypatch.setattr(study, 'arms', 'base,sft')
-    sub = study.Study(str(tmp_path / 'out'), str(tmp_path / 'data'), str(tmp_path / 'report'))
-    study.main_study(sub, [])
+    sub = study.Study(str(tmp_path / 'out'), str(tmp_path / 'data'), str(tmp_path / 'report'), seeds, sampling)
+    study.main_study(sub, [], arms='base,sft', decomposition=False, variants=[])
     assert sorted(n.split('/')[0] for n in sub.stages) == ['embed', 'embed', 'pretrain-plain', 'sample-base',
                                                            'sample-base', 'sample-sft', 'sample-sft', 'sft', 'sft']
 
