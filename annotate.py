@@ -12,16 +12,20 @@ sft_{train,val}.jsonl, eval_prompts.jsonl, heldout.jsonl, words.txt (the words o
 text, for diversity.py's fluency proxy) and, last of all, meta.json. Memory does not grow with the
 corpus (docs/METHOD.md, "Annotating at corpus scale"; bench_annotate.py measures it).
 """
+import atexit
 import itertools
 import os
 import random
 import re
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+from datasets.fingerprint import get_temporary_cache_files_directory
 
 from annotators import DEFAULTS as ANNOTATOR_DEFAULTS
 from annotators import KINDS, make_annotator, settings
@@ -116,6 +120,7 @@ EVAL_ONLY_PROMPTS = [  # never seen in SFT: does diversity carry over to new pro
 ]
 OUTPUTS = ('meta.json', 'tokenizer.json', 'plain_train.bin', 'plain_val.bin', 'annotated_train.bin',
            'annotated_val.bin', 'sft_train.jsonl', 'sft_val.jsonl', 'eval_prompts.jsonl', 'heldout.jsonl', 'words.txt')
+STAGE = '.annotate.tmp'  # in the data dir: the outputs of a run under way, moved out once all are written
 
 # -----------------------------------------------------------------------------
 # passes over the documents (corpus.py: reading tables in flat memory) and bounded samples
@@ -439,20 +444,58 @@ def content_config(cfg, sampled):
     return {k: v for k, v in cfg.items() if k not in skip}
 
 
+def temp_tables(data_dir):
+    """datasets' temp dir, where the Arrow table of every pass goes (as large as the corpus), made
+    inside a dir under TMPDIR named after data_dir and removed at exit. What a killed run leaves
+    there, the next run of the same data dir removes first."""
+    path = os.path.join(tempfile.gettempdir(),
+                        f"annotate-{os.path.basename(data_dir)}-{fingerprint(os.path.abspath(data_dir))}")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    before = os.environ.get('TMPDIR')
+    os.environ['TMPDIR'] = path  # read once, when datasets makes its temp dir: only that goes in path
+    try:
+        get_temporary_cache_files_directory()
+    finally:
+        if before is None:
+            del os.environ['TMPDIR']
+        else:
+            os.environ['TMPDIR'] = before
+
+
 def prepare_dir(data_dir, tokenizer, ranks, pattern, n_ranks, annotation_keys):
-    """The first write, and the tokenizer's metadata. A stale meta.json would make a half-rewritten
-    dir look complete: it goes first and comes back last."""
+    """The dir the outputs are written to (STAGE in data_dir, made afresh: what a killed run left
+    there goes; removed at exit if a failed run left it), the first write in it, and the
+    tokenizer's metadata."""
     check_out_dir(data_dir, 'data dir')
     clean_stale_temps(data_dir, OUTPUTS)
-    for stale in ('meta.json', 'tokenizer.json'):
-        if os.path.exists(os.path.join(data_dir, stale)):
-            os.remove(os.path.join(data_dir, stale))
+    stage = os.path.join(data_dir, STAGE)
+    shutil.rmtree(stage, ignore_errors=True)
+    os.makedirs(stage)
+    atexit.register(shutil.rmtree, stage, ignore_errors=True)
     if tokenizer == 'bpe':
-        save_tokenizer(os.path.join(data_dir, 'tokenizer.json'), ranks, pattern)
+        save_tokenizer(os.path.join(stage, 'tokenizer.json'), ranks, pattern)
     special_tokens = {s: n_ranks + i for i, s in enumerate(SPECIALS)}
-    return {'tokenizer': tokenizer, 'special_tokens': special_tokens,
-            'fingerprint': fingerprint(tokenizer, pattern, [(b.hex(), r) for b, r in ranks],
-                                       special_tokens, annotation_keys)}
+    return stage, {'tokenizer': tokenizer, 'special_tokens': special_tokens,
+                   'fingerprint': fingerprint(tokenizer, pattern, [(b.hex(), r) for b, r in ranks],
+                                              special_tokens, annotation_keys)}
+
+
+def publish(stage, data_dir):
+    """Move the outputs from stage into data_dir, meta.json last, and remove stage. Until the first
+    move data_dir holds the previous complete outputs; from then on no meta.json, the mark of a
+    complete dir, until the last: a kill at any moment leaves the one or the other. Renames on one
+    filesystem, so a moment; an output file that is a symlink is written through."""
+    dst = lambda f: os.path.join(data_dir, f)
+    if os.path.exists(dst('meta.json')):
+        os.remove(dst('meta.json'))
+    for f in [f for f in OUTPUTS if f != 'meta.json'] + ['meta.json']:
+        if os.path.exists(os.path.join(stage, f)):
+            os.replace(os.path.join(stage, f), os.path.realpath(dst(f)))
+        elif os.path.exists(dst(f)):  # an output this run does not write (tokenizer.json: gpt2)
+            os.remove(dst(f))
+    shutil.rmtree(stage)
 
 
 def main():
@@ -461,6 +504,7 @@ def main():
     out_name = name or default_name(dataset)
     data_dir = os.path.join(data_root, out_name)
     check_out_dir(data_root, 'data_root')
+    temp_tables(data_dir)
     blocks = partial(map_blocks, map_block_docs=map_block_docs, num_proc=num_proc)  # how every pass runs
     sampled = set()  # the sample bounds that did take a sample (they shape the data: corpus fingerprint)
 
@@ -490,24 +534,26 @@ def main():
         docs = annotate_docs(docs, annotate, annotator, cache_key, blocks)
     if dropped and not early:
         docs = drop_docs(docs, dropped, exclude, blocks)
-    ann = annotation_stats(docs, sft_key, max_categories, [k for k, _ in pairs] if annotator == 'fields' else None)
+    key_order = [k for k, _ in pairs] if annotator == 'fields' else None  # fields: the config's order
+    ann = annotation_stats(docs, sft_key, max_categories, key_order)
     ann['reference_keys'], categorical = reference_stats(docs, max_categories)
     ann['categorical'] += [k for k in categorical if k not in ann['categorical']]
     ann['sft_slice'] = sft_slice(ann['sft_counts'], sft_values, sft_key, max_categories)
-    splits = split_docs(docs, ann['sft_slice'], sft_key, SplitSizes(sft_docs, sft_val_docs, heldout_docs,
-                                                                    val_fraction), balance_docs, seed)
+    sizes = SplitSizes(sft_docs, sft_val_docs, heldout_docs, val_fraction)
+    splits = split_docs(docs, ann['sft_slice'], sft_key, sizes, balance_docs, seed)
 
     tok_rows = seeded_sample(splits['train'], tokenizer_docs, seed)
     sampled |= {'tokenizer_docs'} if len(tok_rows) < len(splits['train']) else set()
     ranks, pattern, n_ranks, words = learn_vocabulary(docs, tok_rows, tokenizer, vocab_size)
 
-    tok_meta = prepare_dir(data_dir, tokenizer, ranks, pattern, n_ranks, ann['keys'])
+    # every output goes to stage first, then into data_dir all at once: a killed run leaves no mix
+    stage, tok_meta = prepare_dir(data_dir, tokenizer, ranks, pattern, n_ranks, ann['keys'])
     stats = {'docs': {k: len(v) for k, v in splits.items()}, 'chunks': ann['chunks']}
-    stream_stats, max_ann = write_streams(docs, splits, data_dir, tok_meta, blocks)
+    stream_stats, max_ann = write_streams(docs, splits, stage, tok_meta, blocks)
     stats.update(stream_stats)
-    write_sets(docs, splits, data_dir, assistant_opening, seed)
+    write_sets(docs, splits, stage, assistant_opening, seed)
     # the words a model saw in pretraining: a sample whose words are not among them is not fluent
-    write_text(os.path.join(data_dir, 'words.txt'), '\n'.join(words) + '\n')
+    write_text(os.path.join(stage, 'words.txt'), '\n'.join(words) + '\n')
     stats['words'] = len(words)
 
     meta = {'name': out_name, 'dataset': dataset, 'tokenizer': tokenizer, 'vocab_size': n_ranks + len(SPECIALS),
@@ -519,7 +565,8 @@ def main():
             'corpus_fingerprint': fingerprint(dataset, [os.path.abspath(f) for f in files],
                                               content_config(config, sampled), len(docs)),
             'config': config, 'stats': stats}
-    write_json(os.path.join(data_dir, 'meta.json'), meta)  # last: the dir is complete
+    write_json(os.path.join(stage, 'meta.json'), meta)
+    publish(stage, data_dir)  # meta.json last: the dir is complete
 
     print(f"wrote {data_dir}: docs {stats['docs']}, chunks {stats['chunks']}")
     for kind in ('plain', 'annotated'):
