@@ -164,7 +164,7 @@ def check_text_column(ds, tcol, dataset):
                         f"(available: {', '.join(ds.column_names)}); set --text_column")
     feature = ds.features[tcol]
     dtype = feature.dtype if isinstance(feature, datasets.Value) else None
-    if dtype in ('string', 'large_string', 'null'):  # null: no row has text, which build_docs says
+    if dtype in ('string', 'large_string', 'null'):  # null: no row has text, which annotate.py's main says
         return
     kind = ({'int': 'int', 'uin': 'int', 'flo': 'float', 'boo': 'bool'}.get(dtype[:3], dtype) if dtype else
             'dict' if isinstance(feature, dict) else 'mixed JSON' if isinstance(feature, datasets.Json) else 'list')
