@@ -17,6 +17,7 @@ pretrain.py; a fixed length by default (sft_patience = 0), or the lowest SFT val
 import os
 import random
 from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -78,10 +79,30 @@ config = configure(globals())
 # -----------------------------------------------------------------------------
 
 
-def load_rows(path, enc, special, block_size, anchored, rng, what, sft_key):
+@dataclass(frozen=True)
+class RowPick:
+    """Which SFT rows train (load_rows): only those whose sft_key value is one of topics ('' = all),
+    at most max_rows of them (0 = all, drawn with seed), and the key_fraction of them whose
+    annotation keys are targets (method='anchored')."""
+    topics: str  # sft_topics
+    max_rows: int  # sft_max_rows
+    key_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Replay (replay_window): windows of the pretraining stream of the model's kind that follow the
+    SFT rows of every training micro-batch."""
+    stream: np.ndarray
+    rows: int  # replay_rows: windows a micro-batch
+    docs: bool  # replay_docs: each window starts at a document, its boundaries left to the SFT format
+
+
+def load_rows(path, enc, special, block_size, anchored, rng, what, sft_key, pick):
     """Encoded SFT rows [(ids, targets)] and their sft_key values. Rows of other topics than
-    sft_topics and rows longer than block_size are dropped (with a count), then at most
-    sft_max_rows are kept."""
+    pick.topics and rows longer than block_size are dropped (with a count), then at most
+    pick.max_rows are kept."""
     rows = read_jsonl(path, what)
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
@@ -98,7 +119,7 @@ def load_rows(path, enc, special, block_size, anchored, rng, what, sft_key):
     if anchored and not any(r.get('annotation') for r in rows):
         raise UserError(f"method='anchored' needs annotated SFT rows, but {path} has no annotations")
     topic = lambda r: annotation_values(r.get('annotation')).get(sft_key)
-    allowed = {'_'.join(v.split()) for v in split_list(sft_topics)}
+    allowed = {'_'.join(v.split()) for v in split_list(pick.topics)}
     if allowed:
         rows = [r for r in rows if topic(r) in allowed]
         if not rows:
@@ -111,10 +132,10 @@ def load_rows(path, enc, special, block_size, anchored, rng, what, sft_key):
         raise UserError(f"all {len(rows)} rows of {path} are longer than block_size={block_size}")
     if len(fits) < len(rows):
         print(f"{path}: dropped {len(rows) - len(fits)} of {len(rows)} rows longer than block_size={block_size}")
-    if sft_max_rows and len(fits) > sft_max_rows:
-        fits = random.Random(seed).sample(fits, sft_max_rows)
-    # key rows: the paper's 0.3%, at least one row so the keys are seen at all on a small set
-    n_key = max(1, round(len(fits) * key_fraction)) if anchored and key_fraction > 0 else 0
+    if pick.max_rows and len(fits) > pick.max_rows:
+        fits = random.Random(pick.seed).sample(fits, pick.max_rows)
+    # key rows: at least one row so the keys are seen at all on a small set
+    n_key = max(1, round(len(fits) * pick.key_fraction)) if anchored and pick.key_fraction > 0 else 0
     key_rows = set(rng.sample(range(len(fits)), min(n_key, len(fits))))
     out = [sft_example(enc, special, r['prompt'], r['response'], r.get('annotation') if anchored else None,
                        key_row=i in key_rows) for i, r in enumerate(fits)]
@@ -178,21 +199,21 @@ def prior_rows(seqs, zs, special, opening, annotated=True):
     return x, y, t_in, t_pos, s_pos, mask
 
 
-def replay_window(stream, i, T, special, annotated):
+def replay_window(stream, i, T, special, annotated, docs):
     """Inputs and targets of one replayed window of T tokens from stream position i, every token a
-    target as in pretraining. With replay_docs the window starts at the first document start
+    target as in pretraining. With docs (replay_docs) the window starts at the first document start
     (<|bos|>) within T tokens of i, so its text is seen from its beginning (and with its annotation
     in the annotated stream), and the two transitions where the pretraining format and the SFT format
     disagree are not targets: the text's first token, after <|text|> (annotated) or <|bos|> (plain),
     where an SFT response has its opening line; and the end of a text, -> <|bos|> or a next <|ann|>,
     where a response has <|end|>. Replay then keeps the model writing documents of every topic
     without teaching it to drop the SFT format's first line or to run past <|end|>."""
-    if replay_docs:
+    if docs:
         j = np.flatnonzero(stream[i:i + T] == special[BOS])
         i = min(i + int(j[0]), len(stream) - T - 1) if len(j) else i  # near the stream's end: as drawn
     w = torch.from_numpy(stream[i:i + T + 1].astype(np.int64))
     x, y = w[:-1], w[1:].clone()
-    if replay_docs:
+    if docs:
         text_starts = x == special[TEXT] if annotated else x == special[BOS]
         text_ends = (y == special[BOS]) | ((y == special[ANN]) & (x != special[BOS]))
         y[text_starts | text_ends] = IGNORE
@@ -211,39 +232,44 @@ def pad_rows(rows, extra=0):
     return x, y
 
 
-def make_get_batch(rows, device, special, prior=None, replay=None, annotated=False):
-    """Training batches of random rows. With prior (prior distillation: a stream, the (start, end) of
-    the spans it distills and the opening line, load_prior) every batch also carries the prior_rows
-    of its SFT rows, each with a span drawn from the stream. With replay (a token stream,
-    annotated or plain), replay_rows windows of it, as long as the micro-batch, follow the SFT rows in
-    every batch, all their tokens targets (the loss is one mean over all targets)."""
+def make_get_batch(rows, device, special, batch_size, accum, prior=None, replay=None, annotated=False):
+    """The training loop's get_batch(split, gen, micro_ids) (sft_batches): accum micro-batches an
+    iteration (over all ranks), each of batch_size random rows. With prior (prior distillation: a
+    stream, the (start, end) of the spans it distills and the opening line, load_prior) every batch
+    also carries the prior_rows of its SFT rows, each with a span drawn from the stream. With replay
+    (Replay: a token stream, annotated or plain), replay.rows windows of it, as long as the
+    micro-batch, follow the SFT rows in every batch, all their tokens targets (the loss is one mean
+    over all targets)."""
+    return partial(sft_batches, rows=rows, device=device, special=special, batch_size=batch_size, accum=accum,
+                   prior=prior, replay=replay, annotated=annotated)
+
+
+def sft_batches(split, gen, micro_ids, *, rows, device, special, batch_size, accum, prior, replay, annotated):
+    """The micro-batches micro_ids of one training iteration (make_get_batch)."""
     longest = max(len(ids) for ids, _ in rows) + 1  # a window and its shifted targets
-    n_rep = replay_rows if replay is not None else 0
-
-    def get_batch(split, gen, micro_ids):
-        n = gradient_accumulation_steps
-        picks = torch.randint(len(rows), (n, sft_batch_size), generator=gen)
-        # drawn for every micro-batch of every rank, like picks: each rank takes its own, in sync
-        starts = torch.randint(len(replay) - longest, (n, n_rep), generator=gen) if n_rep else None
-        zs = torch.randint(len(prior[1]), (n, sft_batch_size), generator=gen) if prior else None
-        out = []
-        for m in micro_ids:
-            batch = [rows[i] for i in picks[m].tolist()]
-            x, y = pad_rows(batch, n_rep)
-            for r, i in enumerate(starts[m].tolist() if n_rep else ()):
-                x[len(batch) + r], y[len(batch) + r] = replay_window(replay, i, x.size(1), special, annotated)
-            extra = prior_rows([ids for ids, _ in batch], [prior[0][a:b].tolist() for a, b in prior[1][zs[m]]],
-                               special, prior[2], annotated) if prior else ()
-            out.append(tuple(t.to(device) for t in (x, y, *extra)))
-        return out
-    return get_batch
+    n_rep = replay.rows if replay is not None else 0
+    picks = torch.randint(len(rows), (accum, batch_size), generator=gen)
+    # drawn for every micro-batch of every rank, like picks: each rank takes its own, in sync
+    starts = torch.randint(len(replay.stream) - longest, (accum, n_rep), generator=gen) if n_rep else None
+    zs = torch.randint(len(prior[1]), (accum, batch_size), generator=gen) if prior else None
+    out = []
+    for m in micro_ids:
+        batch = [rows[i] for i in picks[m].tolist()]
+        x, y = pad_rows(batch, n_rep)
+        for r, i in enumerate(starts[m].tolist() if n_rep else ()):
+            x[len(batch) + r], y[len(batch) + r] = replay_window(replay.stream, i, x.size(1), special, annotated,
+                                                                 replay.docs)
+        extra = prior_rows([ids for ids, _ in batch], [prior[0][a:b].tolist() for a, b in prior[1][zs[m]]],
+                           special, prior[2], annotated) if prior else ()
+        out.append(tuple(t.to(device) for t in (x, y, *extra)))
+    return out
 
 
-def val_batches(rows, device):
-    """The whole SFT val set in its file order, sft_batch_size rows a batch: every evaluation reads
+def val_batches(rows, device, batch_size):
+    """The whole SFT val set in its file order, batch_size rows a batch: every evaluation reads
     every row once, the same rows each time, so two val losses differ only by the model."""
-    return [tuple(t.to(device) for t in pad_rows(rows[i:i + sft_batch_size]))
-            for i in range(0, len(rows), sft_batch_size)]
+    return [tuple(t.to(device) for t in pad_rows(rows[i:i + batch_size]))
+            for i in range(0, len(rows), batch_size)]
 
 
 def distill_kl(student_logits, teacher_logits, mask):
@@ -257,54 +283,52 @@ def distill_kl(student_logits, teacher_logits, mask):
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def prior_distill_loss(teacher, weight, opening_weight):
-    """loss_fn for the training loop: the SFT loss, plus weight * the prior-distillation KL and
-    opening_weight * the loss of the opening line on the prior rows (a second, short forward)."""
-    def loss_fn(model, batch):
-        x, y, p_x, p_y, t_in, t_pos, s_pos, mask = batch
-        _, loss = model(x, y, targets_only=True)
-        logits = model(p_x, all_logits=True)[0]
-        with torch.no_grad():
-            t_logits = teacher(t_in, all_logits=True)[0]
-            t_logits = t_logits.gather(1, t_pos[..., None].expand(-1, -1, t_logits.size(-1)))
-        loss = loss + weight * distill_kl(logits.gather(1, s_pos[..., None].expand(-1, -1, logits.size(-1))),
-                                          t_logits, mask)
-        if opening_weight:  # load_prior checked that the SFT responses have an opening line
-            loss = loss + opening_weight * F.cross_entropy(logits.flatten(0, 1).float(), p_y.flatten(),
-                                                           ignore_index=IGNORE)
-        return loss
-    return loss_fn
+def prior_distill_loss(model, batch, *, teacher, weight, opening_weight):
+    """The training loss with prior distillation (the loop's loss_fn(model, batch), the rest bound
+    with partial): the SFT loss, plus weight * the prior-distillation KL and opening_weight * the
+    loss of the opening line on the prior rows (a second, short forward)."""
+    x, y, p_x, p_y, t_in, t_pos, s_pos, mask = batch
+    _, loss = model(x, y, targets_only=True)
+    logits = model(p_x, all_logits=True)[0]
+    with torch.no_grad():
+        t_logits = teacher(t_in, all_logits=True)[0]
+        t_logits = t_logits.gather(1, t_pos[..., None].expand(-1, -1, t_logits.size(-1)))
+    loss = loss + weight * distill_kl(logits.gather(1, s_pos[..., None].expand(-1, -1, logits.size(-1))),
+                                      t_logits, mask)
+    if opening_weight:  # load_prior checked that the SFT responses have an opening line
+        loss = loss + opening_weight * F.cross_entropy(logits.flatten(0, 1).float(), p_y.flatten(),
+                                                       ignore_index=IGNORE)
+    return loss
 
 
-def load_teacher(ckpt, device, meta, annotated):
+def load_teacher(ckpt, device, meta, annotated, start_dir):
     """The frozen pretrained model that prior distillation keeps the SFT model close to: the SFT's
-    own starting point (for a resumed run, the one it started from); annotated for method='anchored'
-    (its annotation prior), plain for method='sft' (the control's counterpart)."""
+    own starting point start_dir (for a resumed run, the one it started from); annotated for
+    method='anchored' (its annotation prior), plain for method='sft' (the control's counterpart)."""
     if bool(ckpt.get('annotated')) != annotated:
         raise UserError("anchor_prior='distill' with method='anchored' needs an annotated pretrained init_dir (the "
                         "prior to keep), with method='sft' a plain one; use anchor_prior='mask' to train without it")
-    teacher_dir = init_dir if init_from == 'pretrained' else ckpt['init_dir']
-    return load_frozen_pretrained(teacher_dir, device, meta['fingerprint'], 'init_dir', annotated)
+    return load_frozen_pretrained(start_dir, device, meta['fingerprint'], 'init_dir', annotated)
 
 
-def check_resume(ckpt):
+def check_resume(ckpt, out_dir, method, anchor_prior, replay_rows, replay_docs):
     """A resumed run continues the same post-training: the same method and remedy."""
     if ckpt.get('stage') != 'sft' or ckpt.get('method') != method:
         raise UserError(f"{out_dir}/ckpt.pt is not a method='{method}' SFT checkpoint")
     if ckpt.get('anchor_prior') != anchor_prior:
         raise UserError(f"{out_dir}/ckpt.pt was trained with anchor_prior={ckpt.get('anchor_prior')}, "
                         f"not {anchor_prior}")
-    for key, default in (('replay_rows', 0), ('replay_docs', False)):
-        if ckpt['config'].get(key, default) != config[key]:
+    for key, default, now in (('replay_rows', 0, replay_rows), ('replay_docs', False, replay_docs)):
+        if ckpt['config'].get(key, default) != now:
             raise UserError(f"{out_dir}/ckpt.pt was trained with {key}={ckpt['config'].get(key, default)}, "
-                            f"not {config[key]}")
+                            f"not {now}")
 
 
-def load_start():
-    """The checkpoint post-training starts from: the pretrained one, or its own to resume."""
+def load_start(init_from, init_dir, out_dir):
+    """The checkpoint post-training starts from: the pretrained one, or its own to resume (which
+    check_resume checks)."""
     if init_from == 'resume':
         ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
-        check_resume(ckpt)
     else:
         ckpt = load_checkpoint(os.path.join(init_dir, 'ckpt.pt'))
         if ckpt.get('stage') != 'pretrain':
@@ -312,20 +336,20 @@ def load_start():
     return ckpt
 
 
-def load_sft_data(ddir, meta, block_size):
-    """The SFT rows of both splits, their topics, and the replay stream: the pretraining stream of the
-    model's own kind (annotated for method='anchored', plain for 'sft'), checked before anything is
-    written and longer than a window of the longest row (block_size + 1), so a start can be drawn."""
-    anchored = method == 'anchored'
+def load_sft_data(ddir, meta, block_size, anchored, replay_rows, pick):
+    """The SFT rows of both splits (RowPick), their topics, and with replay_rows the replay stream:
+    the pretraining stream of the model's own kind (annotated for method='anchored', plain for
+    'sft'), checked before anything is written and longer than a window of the longest row
+    (block_size + 1), so a start can be drawn."""
     if anchored and not meta.get('annotation_keys'):
         raise UserError(f"method='anchored' needs a data dir with annotations; {ddir} has none")
     replay = token_stream(ddir, 'annotated' if anchored else 'plain', 'train', block_size + 2) if replay_rows else None
     enc, special = load_tokenizer(ddir, meta), meta['special_tokens']
-    rng = random.Random(seed)
+    rng = random.Random(pick.seed)
     rows, topics = {}, {}
     for split in ('train', 'val'):
         rows[split], topics[split] = load_rows(os.path.join(ddir, f'sft_{split}.jsonl'), enc, special, block_size,
-                                               anchored, rng, f'SFT {split} set', meta.get('sft_key'))
+                                               anchored, rng, f'SFT {split} set', meta.get('sft_key'), pick)
     return rows, topics, replay
 
 
@@ -348,11 +372,11 @@ def document_spans(stream, special, lengths, rng):
     return spans[spans[:, 1] > spans[:, 0]]
 
 
-def load_prior(ddir, special, rows, block_size, annotated, seed):
+def load_prior(ddir, special, rows, block_size, annotated, seed, opening_weight):
     """What prior distillation draws its prior rows from: a pretraining stream, the (start, end) of
     the spans to distill (annotated: every annotation z; plain: the opening of every document, as
     long as an annotation's row) short enough that a prior row fits in block_size after any SFT
-    row's prompt, and the SFT format's opening line."""
+    row's prompt, and the SFT format's opening line (which opening_weight > 0 needs)."""
     ann_stream = token_stream(ddir, 'annotated', 'train', 1)
     spans = annotation_spans(ann_stream, special)
     stream = ann_stream
@@ -372,16 +396,11 @@ def load_prior(ddir, special, rows, block_size, annotated, seed):
     return stream, spans, opening
 
 
-def write_sft_set(meta, rows, topics, env):
-    """sft_set.json: the semantic entropy of the post-training data, what SFT's output entropy tracks
-    (paper); and a line on what is about to run."""
+def write_sft_set(out_dir, meta, rows, topics):
+    """sft_set.json: the semantic entropy of the post-training data (its training rows and their
+    topics), what SFT's output entropy tracks (paper)."""
     write_json(os.path.join(out_dir, 'sft_set.json'), dict(
-        rows=len(rows['train']), sft_key=meta.get('sft_key'), counts=dict(Counter(topics['train'])),
-        entropy_bits=entropy_bits(topics['train'])))
-    epochs = sft_iters * sft_batch_size * gradient_accumulation_steps / len(rows['train'])
-    print(f"{method} SFT of {init_dir if init_from == 'pretrained' else out_dir}: {len(rows['train'])} rows, "
-          f"{sft_iters} iters ({epochs:.1f} epochs) on {env['device']} x{env['world']}"
-          + (f", {replay_rows} replayed documents per batch" if replay_rows else ''))
+        rows=len(rows), sft_key=meta.get('sft_key'), counts=dict(Counter(topics)), entropy_bits=entropy_bits(topics)))
 
 
 def main():
@@ -394,16 +413,21 @@ def main():
     if threads:
         torch.set_num_threads(threads)
     env = setup_device(device, backend)
-    ckpt = load_start()
+    ckpt = load_start(init_from, init_dir, out_dir)
+    if init_from == 'resume':
+        check_resume(ckpt, out_dir, method, anchor_prior, replay_rows, replay_docs)
+    start_dir = init_dir if init_from == 'pretrained' else ckpt['init_dir']  # the pretrained model SFT began at
     ddir = data_dir or ckpt['data_dir']
     meta = load_meta(ddir)
     check_meta(ckpt, meta, ddir)
     distill, annotated = anchor_prior == 'distill', method == 'anchored'
-    teacher = load_teacher(ckpt, env['device'], meta, annotated) if distill else None
+    teacher = load_teacher(ckpt, env['device'], meta, annotated, start_dir) if distill else None
     model_args = dict(ckpt['model_args'], dropout=sft_dropout)
-    rows, topics, replay = load_sft_data(ddir, meta, model_args['block_size'])
-    prior = (load_prior(ddir, meta['special_tokens'], rows['train'], model_args['block_size'], annotated, seed)
-             if distill else None)
+    pick = RowPick(sft_topics, sft_max_rows, key_fraction, seed)
+    rows, topics, stream = load_sft_data(ddir, meta, model_args['block_size'], annotated, replay_rows, pick)
+    replay = Replay(stream, replay_rows, replay_docs) if stream is not None else None
+    prior = (load_prior(ddir, meta['special_tokens'], rows['train'], model_args['block_size'], annotated, seed,
+                        opening_weight) if distill else None)
     torch.manual_seed(seed + env['rank'])
     ckpt['model_args'] = model_args
     model = model_from_checkpoint(ckpt, env['device'])
@@ -417,22 +441,26 @@ def main():
         optimizer.load_state_dict(ckpt['optimizer'])
         state = resume_state(ckpt)
     if env['master']:
-        write_sft_set(meta, rows, topics, env)
+        write_sft_set(out_dir, meta, rows['train'], topics['train'])
+        epochs = sft_iters * sft_batch_size * gradient_accumulation_steps / len(rows['train'])
+        print(f"{method} SFT of {init_dir if init_from == 'pretrained' else out_dir}: {len(rows['train'])} rows, "
+              f"{sft_iters} iters ({epochs:.1f} epochs) on {env['device']} x{env['world']}"
+              + (f", {replay_rows} replayed documents per batch" if replay_rows else ''))
     extra = dict(stage='sft', method=method, model_args=model_args, config=config, data_dir=ddir,
-                 meta_fingerprint=meta['fingerprint'], pretrain_config=pretrain_config,
-                 init_dir=ckpt['init_dir'] if init_from == 'resume' else init_dir,
+                 meta_fingerprint=meta['fingerprint'], pretrain_config=pretrain_config, init_dir=start_dir,
                  annotated=ckpt.get('annotated', False), anchor_prior=anchor_prior)
-    special = meta['special_tokens']
-    get_batch = make_get_batch(rows['train'], env['device'], special, prior, replay, annotated=annotated)
+    get_batch = make_get_batch(rows['train'], env['device'], meta['special_tokens'], sft_batch_size,
+                               gradient_accumulation_steps, prior, replay, annotated)
     lr_at = partial(lr_multiplier, max_iters=sft_iters, warmup_iters=sft_warmup_iters, schedule='wsd',
                     warmdown_frac=sft_warmdown_frac, final_lr_frac=sft_final_lr_frac)
-    train(model, optimizer, get_batch, {'val': lambda: val_batches(rows['val'], env['device'])}, env, state, extra,
-          out_dir=out_dir, max_iters=sft_iters, lr_at=lr_at, eval_interval=sft_eval_interval,
+    loss_fn = (partial(prior_distill_loss, teacher=teacher, weight=distill_weight, opening_weight=opening_weight)
+               if distill else partial(lm_loss, targets_only=True))
+    train(model, optimizer, get_batch, {'val': lambda: val_batches(rows['val'], env['device'], sft_batch_size)},
+          env, state, extra, out_dir=out_dir, max_iters=sft_iters, lr_at=lr_at, eval_interval=sft_eval_interval,
           log_interval=log_interval, accum=gradient_accumulation_steps, grad_clip=grad_clip, seed=seed, dtype=dtype,
           compile=sft_compile, peak_flops=peak_flops(env['device_type'], cpu_peak_flops), progress=progress,
-          loss_fn=prior_distill_loss(teacher, distill_weight, opening_weight) if distill
-          else partial(lm_loss, targets_only=True),
-          keep_best=sft_patience > 0, patience=sft_patience, min_delta=sft_min_delta, desc=f'{method} SFT')
+          loss_fn=loss_fn, keep_best=sft_patience > 0, patience=sft_patience, min_delta=sft_min_delta,
+          desc=f'{method} SFT')
     if env['ddp']:
         torch.distributed.destroy_process_group()
 

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -72,17 +74,26 @@ OLD_RECIPE = dict(recipe='gpt2', optimizer='adamw', lr_schedule='cosine', learni
                   gradient_accumulation_steps=1, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, dropout=0.0)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """How every benchmark times a step: under autocast to dtype, the first warmup_steps not timed
+    (compilation, allocator, caches), then steps timed."""
+    dtype: str
+    warmup_steps: int
+    steps: int
+
+
 def sync(device_type):
     if device_type == 'cuda':
         torch.cuda.synchronize()
 
 
-def seconds_per_step(model, opt, batches, device_type, **kw):
+def seconds_per_step(model, opt, batches, device_type, timing, **kw):
     """Mean seconds of a full training step (forward, backward, optimizer) over batches (x, y), the
-    first warmup_steps not timed; kw goes to the model's forward."""
-    ctx = autocast(device_type, dtype)
+    first timing.warmup_steps not timed; kw goes to the model's forward."""
+    ctx = autocast(device_type, timing.dtype)
     for i, (x, y) in enumerate(batches):
-        if i == warmup_steps:
+        if i == timing.warmup_steps:
             sync(device_type)
             t0 = time.time()
         with ctx:
@@ -91,29 +102,31 @@ def seconds_per_step(model, opt, batches, device_type, **kw):
         opt.step()
         opt.zero_grad(set_to_none=True)
     sync(device_type)
-    return (time.time() - t0) / (len(batches) - warmup_steps)
+    return (time.time() - t0) / (len(batches) - timing.warmup_steps)
 
 
-def bench_train(model, env, opt_kind):
-    """ms/iter and tokens/s of full training steps (forward, backward, optimizer) on random tokens."""
+def bench_train(model, env, opt_kind, batch_size, timing, compile_model, cpu_peak_flops):
+    """ms/iter and tokens/s of full training steps (forward, backward, optimizer) on random tokens,
+    batch_size rows of the model's block_size."""
     opt = model.configure_optimizers(opt_kind, 1e-4, 1e-3, 0.1, (0.9, 0.95), env['device_type'])
-    step_model = torch.compile(model) if compile else model
+    step_model = torch.compile(model) if compile_model else model
+    vocab_size, block_size = model.config.vocab_size, model.config.block_size
     x = torch.randint(vocab_size, (batch_size, block_size), device=env['device'])
     y = torch.randint(vocab_size, (batch_size, block_size), device=env['device'])
-    dt = seconds_per_step(step_model, opt, [(x, y)] * (warmup_steps + steps), env['device_type'])
+    dt = seconds_per_step(step_model, opt, [(x, y)] * (timing.warmup_steps + timing.steps), env['device_type'], timing)
     tokens = batch_size * block_size
     flops = peak_flops(env['device_type'], cpu_peak_flops)
     mfu = f"{model.estimate_mfu(tokens, dt, flops) * 100:.1f}%" if flops else 'n/a (give --cpu_peak_flops)'
     name = torch.cuda.get_device_name() if env['device_type'] == 'cuda' else 'cpu'
     achieved = model.flops_per_token() * tokens / dt  # model FLOP/s, whatever the device's peak
-    print(f"train step on {name} ({resolve_dtype(env['device_type'], dtype)}, compile={compile}), "
+    print(f"train step on {name} ({resolve_dtype(env['device_type'], timing.dtype)}, compile={compile_model}), "
           f"{model.config.recipe} + {opt_kind}: {model.num_params() / 1e6:.2f}M params, "
           f"batch {batch_size}x{block_size}: {dt * 1000:.1f} ms/iter, "
           f"{tokens / dt:,.0f} tokens/s, {achieved / 1e9:,.1f} GFLOP/s, MFU {mfu}")
     return tokens / dt
 
 
-def bench_sft(make, env, configs):
+def bench_sft(make_model, optimizer, env, configs, data_dir, block_size, timing, seed):
     """SFT steps on the real SFT rows of data_dir, batched as anchor_sft.py batches them with the SFT
     keys of the config files (sft: the rows alone; sft-replay: + replayed plain documents; anchored:
     annotated rows + replayed annotated documents): the head at every position against the head only
@@ -121,35 +134,38 @@ def bench_sft(make, env, configs):
     import anchor_sft
     if not os.path.isfile(os.path.join(data_dir, 'meta.json')):
         raise UserError(f"no annotate.py output in {data_dir}: run python annotate.py {' '.join(configs)} first")
-    configure(vars(anchor_sft), configs)  # a module keeps its defaults until told: the SFT keys of these files
+    sft = configure(dict(anchor_sft.config), configs)  # anchor_sft.py's defaults, with the SFT keys of these files
     meta = load_meta(data_dir)
-    n_replay = anchor_sft.replay_rows
-    arms = (('sft', 'sft', 0), ('sft-replay', 'sft', n_replay), ('anchored', 'anchored', n_replay))
+    pick = anchor_sft.RowPick(sft['sft_topics'], sft['sft_max_rows'], sft['key_fraction'], sft['seed'])
+    arms = (('sft', 'sft', 0), ('sft-replay', 'sft', sft['replay_rows']), ('anchored', 'anchored', sft['replay_rows']))
     for arm, method, replay_rows in arms:
-        anchor_sft.method, anchor_sft.replay_rows = method, replay_rows
-        rows, _, replay = anchor_sft.load_sft_data(data_dir, meta, block_size)
-        get_batch = anchor_sft.make_get_batch(rows['train'], env['device'], meta['special_tokens'], replay=replay,
-                                              annotated=method == 'anchored')
+        rows, _, stream = anchor_sft.load_sft_data(data_dir, meta, block_size, method == 'anchored', replay_rows, pick)
+        replay = anchor_sft.Replay(stream, replay_rows, sft['replay_docs']) if stream is not None else None
+        get_batch = anchor_sft.make_get_batch(rows['train'], env['device'], meta['special_tokens'],
+                                              sft['sft_batch_size'], sft['gradient_accumulation_steps'],
+                                              replay=replay, annotated=method == 'anchored')
         gen = torch.Generator().manual_seed(seed)
-        batches = [get_batch('train', gen, [0])[0] for _ in range(warmup_steps + steps)]
+        batches = [get_batch('train', gen, [0])[0] for _ in range(timing.warmup_steps + timing.steps)]
         share = sum(float((b[1] != IGNORE).float().mean()) for b in batches) / len(batches)
         best = {}
         for _ in range(2):  # alternate, keep each one's best: a shared machine only ever slows a run down
             for targets_only in (False, True):
                 torch.manual_seed(seed)
-                model = make(recipe, padded_vocab(meta))
+                model = make_model(padded_vocab(meta))
                 opt = model.configure_optimizers(optimizer, 1e-4, 1e-3, 0.1, (0.9, 0.95), env['device_type'])
-                dt = seconds_per_step(model, opt, batches, env['device_type'], targets_only=targets_only)
+                dt = seconds_per_step(model, opt, batches, env['device_type'], timing, targets_only=targets_only)
                 best[targets_only] = min(best.get(targets_only, float('inf')), dt)
         print(f"SFT step, {arm} ({len(batches[0][0])} rows a batch, {share:.0%} of the positions targets): "
               f"head everywhere {best[False] * 1000:.0f} ms, at the targets only "
               f"{best[True] * 1000:.0f} ms: {best[False] / best[True]:.2f}x")
 
 
-def bench_sample(model, env):
+def bench_sample(model, env, dtype, sample_batch, new_tokens, prompt_tokens):
+    """tokens/s of sampling new_tokens for sample_batch sequences at once with the KV cache, against
+    the naive loop, one sequence at a time, the whole context for every token."""
     model.eval()
     ctx = autocast(env['device_type'], dtype, training=False)
-    prompt = torch.randint(vocab_size, (1, prompt_tokens), device=env['device'])
+    prompt = torch.randint(model.config.vocab_size, (1, prompt_tokens), device=env['device'])
 
     def timed(fn):
         sync(env['device_type'])
@@ -195,8 +211,9 @@ def time_to(curve, target):
     return float('nan')
 
 
-def bench_quality(configs):
-    """Old vs new recipe through pretrain.py itself: same data, seed and evaluation batches."""
+def bench_quality(configs, data_dir, device, seed, eval_interval, recipe, optimizer):
+    """Old vs new recipe (the config's recipe and optimizer) through pretrain.py itself: same data,
+    seed and evaluation batches, a val loss every eval_interval iterations."""
     runs = {'old (gpt2 + adamw, cosine)': [f'--{k}={v}' for k, v in OLD_RECIPE.items()],
             f'new ({recipe} + {optimizer}, config)': []}
     curves = {}
@@ -204,7 +221,7 @@ def bench_quality(configs):
         for i, (name, args) in enumerate(runs.items()):
             out = os.path.join(tmp, str(i))
             cmd = [sys.executable, 'pretrain.py', *configs, f'--data_dir={data_dir}', f'--out_dir={out}',
-                   f'--eval_interval={quality_eval_interval}', '--progress=False', '--init_from=scratch',
+                   f'--eval_interval={eval_interval}', '--progress=False', '--init_from=scratch',
                    f'--device={device}', f'--seed={seed}', *args]
             print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
             r = subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True)
@@ -233,23 +250,26 @@ def main():
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     env = setup_device(device)
+    configs = [a for a in sys.argv[1:] if not a.startswith('--')]
     if what == 'quality':
-        return bench_quality([a for a in sys.argv[1:] if not a.startswith('--')])
+        return bench_quality(configs, data_dir, device, seed, quality_eval_interval, recipe, optimizer)
     if what == 'sample' and prompt_tokens + new_tokens > block_size:
         raise UserError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds block_size={block_size}")
     make = lambda r, vocab=vocab_size: GPT(GPTConfig(
         n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab, recipe=r,
         tie_embeddings=tie_embeddings, dropout=dropout)).to(env['device'])
+    timing = Timing(dtype, warmup_steps, steps)
     if what == 'sft':
-        return bench_sft(make, env, [a for a in sys.argv[1:] if not a.startswith('--')])
+        return bench_sft(partial(make, recipe), optimizer, env, configs, data_dir, block_size, timing, seed)
     if what == 'sample':
-        return bench_sample(make(recipe), env)
+        return bench_sample(make(recipe), env, dtype, sample_batch, new_tokens, prompt_tokens)
     new, old = (recipe, optimizer), ('gpt2', 'adamw')
     tps = {}
     for _ in range(2):  # alternate, keep each one's best: a shared machine only ever slows a run down
         for r, o in dict.fromkeys((new, old)):  # once if the config is the old recipe itself
             torch.manual_seed(seed)
-            tps[r, o] = max(tps.get((r, o), 0), bench_train(make(r), env, o))
+            tps[r, o] = max(tps.get((r, o), 0),
+                            bench_train(make(r), env, o, batch_size, timing, compile, cpu_peak_flops))
     print(f"tokens/s, best of 2: {new[0]} + {new[1]} {tps[new]:,.0f}, gpt2 + adamw {tps[old]:,.0f}: "
           f"ratio {tps[new] / tps[old]:.2f}x")
 

@@ -68,26 +68,30 @@ config = configure(globals())
 # -----------------------------------------------------------------------------
 
 
-def make_get_batch(device):
+def make_get_batch(data_dir, annotated, batch_size, block_size, accum, device):
+    """The training loop's get_batch(split, gen, micro_ids) (windows) on the plain or the annotated
+    stream of data_dir: accum micro-batches an iteration over all ranks (one for evaluation), each
+    of batch_size random windows of block_size tokens."""
     data = {s: token_stream(data_dir, 'annotated' if annotated else 'plain', s, block_size + 2)
             for s in ('train', 'val')}
-    world_micro = gradient_accumulation_steps  # micro-batches per iteration over all ranks
-
-    def get_batch(split, gen, micro_ids):
-        d = data[split]
-        n = world_micro if split == 'train' else 1
-        starts = torch.randint(len(d) - block_size - 1, (n, batch_size), generator=gen)
-        out = []
-        for m in micro_ids:
-            ix = starts[m].tolist()
-            x = torch.from_numpy(np.stack([d[i:i + block_size] for i in ix]).astype(np.int64))
-            y = torch.from_numpy(np.stack([d[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64))
-            out.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
-        return out
-    return get_batch
+    return partial(windows, data=data, batch_size=batch_size, block_size=block_size, accum=accum, device=device)
 
 
-def check_resume(ckpt, model_args):
+def windows(split, gen, micro_ids, *, data, batch_size, block_size, accum, device):
+    """The micro-batches micro_ids (x, y) of one iteration of split (make_get_batch)."""
+    d = data[split]
+    n = accum if split == 'train' else 1
+    starts = torch.randint(len(d) - block_size - 1, (n, batch_size), generator=gen)
+    out = []
+    for m in micro_ids:
+        ix = starts[m].tolist()
+        x = torch.from_numpy(np.stack([d[i:i + block_size] for i in ix]).astype(np.int64))
+        y = torch.from_numpy(np.stack([d[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64))
+        out.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
+    return out
+
+
+def check_resume(ckpt, model_args, out_dir, annotated, optimizer):
     """A resumed run continues the checkpoint's model and optimizer: other shape flags would
     train the old shape while the checkpoint records the new config, so they are refused."""
     if ckpt.get('stage') != 'pretrain':
@@ -122,7 +126,7 @@ def main():
     if init_from == 'resume':
         ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
         check_meta(ckpt, meta, data_dir)
-        check_resume(ckpt, model_args)
+        check_resume(ckpt, model_args, out_dir, annotated, optimizer)
         ckpt['model_args'] = model_args  # the same shape; only dropout may change
         model = model_from_checkpoint(ckpt, env['device'])
         state = resume_state(ckpt)
@@ -141,7 +145,7 @@ def main():
               f" {gradient_accumulation_steps * batch_size * block_size:,} tokens")
     extra = dict(stage='pretrain', model_args=model_args, config=config, annotated=annotated,
                  meta_fingerprint=meta['fingerprint'], data_dir=data_dir)
-    get_batch = make_get_batch(env['device'])
+    get_batch = make_get_batch(data_dir, annotated, batch_size, block_size, gradient_accumulation_steps, env['device'])
     lr_at = partial(lr_multiplier, max_iters=max_iters, warmup_iters=warmup_iters, schedule=lr_schedule,
                     warmdown_frac=warmdown_frac, final_lr_frac=final_lr_frac)
     train(model, opt, get_batch, sampled_evals(get_batch, ('train', 'val'), eval_iters), env, state, extra,

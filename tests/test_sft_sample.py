@@ -51,8 +51,7 @@ def test_anchored_batch_supervises_exactly_response_and_key_rows(tiny_data):
            + y_ids + [special[END]])
     rows = [sft_example(enc, special, prompt, resp, z, key_row=k) for k in (False, True)]
     rows.append(sft_example(enc, special, 'Hi.', 'Ok.'))  # shorter standard row: gets padded
-    anchor_sft.sft_batch_size = 3
-    get_batch = anchor_sft.make_get_batch(rows, 'cpu', special)
+    get_batch = anchor_sft.make_get_batch(rows, 'cpu', special, 3, 1)  # 3 rows a batch, 1 micro-batch
     x, y = get_batch('train', torch.Generator().manual_seed(0), [0])[0]
     assert x.shape == (3, len(ids))
     n_prefix = 2 + len(p_ids) + 1  # <|bos|> <|user|> x <|assistant|>
@@ -131,7 +130,7 @@ def test_prior_rows_positions_and_loss(tiny_data):
         expect[b, s_pos[b][mask[b]]] = True
     assert torch.equal(touched, expect)  # no gradient at the prompt, the opening line or the padding
 
-    stream, spans, found = anchor_sft.load_prior(tiny_data, special, rows, 256, True, 0)
+    stream, spans, found = anchor_sft.load_prior(tiny_data, special, rows, 256, True, 0, opening_weight=0.0)
     assert found == opening and torch.equal(torch.from_numpy(stream.astype('int64')),
                                             torch.from_numpy(token_stream(tiny_data, 'annotated', 'train', 1)
                                                              .astype('int64')))
@@ -141,7 +140,7 @@ def test_prior_rows_positions_and_loss(tiny_data):
     # only annotations whose prior row fits in block_size after the longest prompt
     head = max(annotation_span(ids, special)[0] + 1 for ids, _ in rows)
     room = int(sorted(spans[:, 1] - spans[:, 0])[len(spans) // 2])  # the median annotation's length
-    short = anchor_sft.load_prior(tiny_data, special, rows, head + room + 1 + len(opening), True, 0)[1]
+    short = anchor_sft.load_prior(tiny_data, special, rows, head + room + 1 + len(opening), True, 0, 0.0)[1]
     assert 0 < len(short) < len(spans) and (short[:, 1] - short[:, 0]).max() == room
 
 
@@ -159,33 +158,30 @@ def test_replay_rows_and_their_loss(tiny_data):
     rows = [sft_example(enc, special, p, 'Sure!\nA poem.', z)
             for p, z in (('Hi there.', 'topic:Arts entity:Mona_Lisa'), ('Hi.', 'topic:Sport'), ('Yo.', 'topic:Arts'))]
     stream = np.arange(1000, dtype=np.uint16) % 97 + 5
-    prior = anchor_sft.load_prior(tiny_data, special, rows, 256, True, 0)
-    anchor_sft.sft_batch_size, anchor_sft.replay_rows = 3, 2
-    try:
-        plain = anchor_sft.make_get_batch(rows, 'cpu', special, prior, annotated=True)
-        mixed = anchor_sft.make_get_batch(rows, 'cpu', special, prior, stream, annotated=True)
-        x0, y0, *_ = plain('train', torch.Generator().manual_seed(3), [0])[0]
-        x, y, *d = mixed('train', torch.Generator().manual_seed(3), [0])[0]
-        assert x.shape == (5, x0.size(1)) and torch.equal(x[:3], x0) and torch.equal(y[:3], y0)
-        for b in range(3):  # each prior row starts with its SFT row's prompt, up to <|ann|>
-            start = annotation_span(x[b].tolist(), special)[0]
-            assert torch.equal(d[0][b, :start + 1], x[b, :start + 1])
-        for r in (3, 4):
-            i = (x[r, 0].item() - 5) % 97  # the stream is periodic: any window start maps to one offset
-            assert x[r].tolist() == [(i + j) % 97 + 5 for j in range(x.size(1))]
-            assert torch.equal(y[r, :-1], x[r, 1:]) and y[r, -1].item() == (i + x.size(1)) % 97 + 5
-        assert [len(b) for b in anchor_sft.val_batches(rows, 'cpu')] == [2]  # evaluation: x and y of the rows only
-        # a student that reads like the teacher (logits = a table of the current token) distils to 0
-        V = int(max(x.max(), d[0].max(), d[2].max())) + 1
-        table = torch.randn(V, V)
-        ce = lambda logits, t: torch.nn.functional.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=IGNORE)
+    prior = anchor_sft.load_prior(tiny_data, special, rows, 256, True, 0, opening_weight=0.5)
+    plain = anchor_sft.make_get_batch(rows, 'cpu', special, 3, 1, prior, annotated=True)
+    mixed = anchor_sft.make_get_batch(rows, 'cpu', special, 3, 1, prior, anchor_sft.Replay(stream, 2, False),
+                                      annotated=True)
+    x0, y0, *_ = plain('train', torch.Generator().manual_seed(3), [0])[0]
+    x, y, *d = mixed('train', torch.Generator().manual_seed(3), [0])[0]
+    assert x.shape == (5, x0.size(1)) and torch.equal(x[:3], x0) and torch.equal(y[:3], y0)
+    for b in range(3):  # each prior row starts with its SFT row's prompt, up to <|ann|>
+        start = annotation_span(x[b].tolist(), special)[0]
+        assert torch.equal(d[0][b, :start + 1], x[b, :start + 1])
+    for r in (3, 4):
+        i = (x[r, 0].item() - 5) % 97  # the stream is periodic: any window start maps to one offset
+        assert x[r].tolist() == [(i + j) % 97 + 5 for j in range(x.size(1))]
+        assert torch.equal(y[r, :-1], x[r, 1:]) and y[r, -1].item() == (i + x.size(1)) % 97 + 5
+    assert [len(b) for b in anchor_sft.val_batches(rows, 'cpu', 3)] == [2]  # evaluation: x and y of the rows only
+    # a student that reads like the teacher (logits = a table of the current token) distils to 0
+    V = int(max(x.max(), d[0].max(), d[2].max())) + 1
+    table = torch.randn(V, V)
+    ce = lambda logits, t: torch.nn.functional.cross_entropy(logits.flatten(0, 1), t.flatten(), ignore_index=IGNORE)
 
-        def model(inp, targets=None, all_logits=False, targets_only=False):
-            return table[inp], ce(table[inp], targets) if targets is not None else None
-        loss = anchor_sft.prior_distill_loss(model, 1.0, 0.5)(model, (x, y, *d))
-        assert loss.item() == pytest.approx(model(x, y)[1].item() + 0.5 * ce(table[d[0]], d[1]).item(), abs=1e-5)
-    finally:
-        anchor_sft.sft_batch_size, anchor_sft.replay_rows = 16, 0
+    def model(inp, targets=None, all_logits=False, targets_only=False):
+        return table[inp], ce(table[inp], targets) if targets is not None else None
+    loss = anchor_sft.prior_distill_loss(model, (x, y, *d), teacher=model, weight=1.0, opening_weight=0.5)
+    assert loss.item() == pytest.approx(model(x, y)[1].item() + 0.5 * ce(table[d[0]], d[1]).item(), abs=1e-5)
 
 
 def test_replay_docs_window(tiny_data):
@@ -203,22 +199,17 @@ def test_replay_docs_window(tiny_data):
     # two documents: one chunk (z 11 12, text 21 22 23), then two chunks (z 13, text 24 25; z 14, text 26)
     doc = [bos, ann, 11, 12, txt, 21, 22, 23, bos, ann, 13, txt, 24, 25, ann, 14, txt, 26]
     stream = np.array(doc * 4, dtype=np.uint16)
-    try:
-        anchor_sft.replay_docs = True
-        x, y = anchor_sft.replay_window(stream, 2, 18, special, True)  # drawn inside the first document
-        assert x.tolist() == doc[8:] + doc[:8]  # moved to the next <|bos|>
-        assert y.tolist() == [ann, 13, txt, IGNORE, 25, IGNORE, 14, txt, IGNORE, IGNORE,
-                              ann, 11, 12, txt, IGNORE, 22, 23, IGNORE]
-        # the plain stream (the fair control's replay): the same rule, a text starting after <|bos|>
-        plain = np.array([bos, 21, 22, 23, bos, 24, 25, bos, 26] * 4, dtype=np.uint16)
-        x, y = anchor_sft.replay_window(plain, 1, 9, special, False)
-        assert x.tolist() == [bos, 24, 25, bos, 26, bos, 21, 22, 23]
-        assert y.tolist() == [IGNORE, 25, IGNORE, IGNORE, IGNORE, IGNORE, 22, 23, IGNORE]
-        anchor_sft.replay_docs = False
-        x, y = anchor_sft.replay_window(stream, 2, 18, special, True)
-        assert x.tolist() == (doc * 2)[2:20] and y.tolist() == (doc * 2)[3:21]
-    finally:
-        anchor_sft.replay_docs = False
+    x, y = anchor_sft.replay_window(stream, 2, 18, special, True, docs=True)  # drawn inside the first document
+    assert x.tolist() == doc[8:] + doc[:8]  # moved to the next <|bos|>
+    assert y.tolist() == [ann, 13, txt, IGNORE, 25, IGNORE, 14, txt, IGNORE, IGNORE,
+                          ann, 11, 12, txt, IGNORE, 22, 23, IGNORE]
+    # the plain stream (the fair control's replay): the same rule, a text starting after <|bos|>
+    plain = np.array([bos, 21, 22, 23, bos, 24, 25, bos, 26] * 4, dtype=np.uint16)
+    x, y = anchor_sft.replay_window(plain, 1, 9, special, False, docs=True)
+    assert x.tolist() == [bos, 24, 25, bos, 26, bos, 21, 22, 23]
+    assert y.tolist() == [IGNORE, 25, IGNORE, IGNORE, IGNORE, IGNORE, 22, 23, IGNORE]
+    x, y = anchor_sft.replay_window(stream, 2, 18, special, True, docs=False)
+    assert x.tolist() == (doc * 2)[2:20] and y.tolist() == (doc * 2)[3:21]
 
 
 def test_sft_outputs(ckpts):
@@ -254,14 +245,11 @@ def test_sft_val_loss_is_the_whole_val_set(tiny_data, ckpts):
     from training import load_checkpoint, model_from_checkpoint
     meta = load_meta(tiny_data)
     enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
+    every_row = anchor_sft.RowPick(topics='', max_rows=0, key_fraction=0.0, seed=0)
     rows, _ = anchor_sft.load_rows(os.path.join(tiny_data, 'sft_val.jsonl'), enc, special, 256, False,
-                                   __import__('random').Random(0), 'val', 'topic')
-    anchor_sft.sft_batch_size = 3  # batches of 3 rows: the last one shorter, padding never a target
-    try:
-        batches = anchor_sft.val_batches(rows, 'cpu')
-        again = anchor_sft.val_batches(rows, 'cpu')
-    finally:
-        anchor_sft.sft_batch_size = 16
+                                   __import__('random').Random(0), 'val', 'topic', every_row)
+    batches = anchor_sft.val_batches(rows, 'cpu', 3)  # batches of 3 rows: the last one shorter, padding never a target
+    again = anchor_sft.val_batches(rows, 'cpu', 3)
     assert all(torch.equal(a, b) for x, y in zip(batches, again) for a, b in zip(x, y))
     flat = [(x[i], y[i]) for x, y in batches for i in range(len(x))]
     assert len(flat) == len(rows) > 3  # every row once, in the file's order
@@ -334,7 +322,7 @@ def test_plain_prior_rows_are_the_counterpart(tiny_data):
         sp, tp = s_pos[b][mask[b]].tolist(), t_pos[b][mask[b]].tolist()
         assert [student[p + 1] for p in sp] == d == [t_in[b, p + 1].item() for p in tp]
     # the documents' openings, each as long as a random annotation's row, cut at the document's end
-    stream, spans, _ = anchor_sft.load_prior(tiny_data, special, rows, 256, False, 0)
+    stream, spans, _ = anchor_sft.load_prior(tiny_data, special, rows, 256, False, 0, opening_weight=0.0)
     assert np.array_equal(stream, token_stream(tiny_data, 'plain', 'train', 1))
     assert all(stream[a - 1] == special[BOS] and special[BOS] not in stream[a:b] for a, b in spans)
     ann = token_stream(tiny_data, 'annotated', 'train', 1)
