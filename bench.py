@@ -1,25 +1,15 @@
 """
-Benchmarks, nanoGPT's bench.py idea: time one thing at a time, side by side in one run (a shared,
-noisy machine keeps ratios, not absolute times).
+Benchmarks, nanoGPT's bench.py idea: time one thing at a time, side by side in one run, each pair
+alternated, best of 2 (a shared, noisy machine keeps ratios, not absolute times).
 
     python bench.py config/small.py                         # training step, new vs old recipe: ms/iter, tok/s, MFU
     python bench.py config/gpt2_small.py --compile=True     # on a GPU: bf16, fused AdamW, flash SDPA
-    python bench.py config/small.py --what=sample           # batched KV-cache sampling vs naive loop
+    python bench.py config/small.py --what=sample           # batched KV-cache sampling vs the naive loop
     python bench.py config/small.py --what=quality          # val loss per second: new vs old recipe
     python bench.py config/small.py --what=sft --threads=1  # SFT step: the head at the targets only vs everywhere
     python bench_annotate.py                                # annotate.py at corpus scale (its own script)
 
-what='train': forward, backward and optimizer step on random tokens, for the config's recipe and
-optimizer and for the old one (gpt2 + AdamW) at the same shape; warm-up steps are excluded.
-what='sample': tokens/s of generating `new_tokens` for `sample_batch` sequences at once with the KV
-cache, against the naive loop that re-runs the whole context for every token, one sequence at a
-time; same model, same length, one run.
-what='sft': SFT steps on the real SFT rows of data_dir, batched as anchor_sft.py batches each arm, with
-the language-model head at every position against only at the positions with a target.
-what='quality': runs pretrain.py twice on the config's plain stream, same data and seed: nanoGPT's
-GPT-2 recipe with AdamW and a cosine schedule at the laptop size (OLD_RECIPE below) and the
-config's own; prints the val loss of each at equal training seconds and the seconds each needs to
-reach the old recipe's final val loss (evaluation time is not training time).
+What each one compares and how: docs/METHOD.md, "Benchmarks".
 """
 import json
 import os

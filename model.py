@@ -1,29 +1,16 @@
 """
-The GPT. Two recipes, one switch (GPTConfig.recipe):
-
-'modern' (default), the small-GPT recipe of nanochat and modded-nanogpt, which learns more per token:
-- rotary position embeddings (RoFormer, Su et al. 2021) instead of a learned position table; the
-  rotation of a cached key is fixed at its position, so the KV cache works unchanged;
-- RMSNorm without a learnable gain (torch's F.rms_norm), also right after the token embedding;
-- QK-norm: queries and keys RMS-normalized per head, which keeps attention logits bounded and lets
-  the optimizer run at high learning rates (Dehghani et al. 2023; modded-nanogpt);
-- ReLU^2 MLP (So et al. 2021, "Primer"); no biases anywhere;
-- zero-initialized output projections (every block starts as the identity; modded-nanogpt);
-- the input embedding and the output head tied or untied (tie_embeddings; measured: tied wins at the
-  laptop's 1.3M parameters, docs/LOG.md).
-'gpt2', nanoGPT's GPT-2 recipe: learned positions, LayerNorm, GELU, tied embeddings, N(0, 0.02) init
-with scaled residual projections. Kept as the reference the modern recipe is measured against
-(bench.py --what=quality).
-
-Both: causal attention through torch's scaled_dot_product_attention (flash attention on GPU), a loss
-with ignore_index=-1 so SFT masks reuse the forward, a batched KV cache for generation, and
-`generate`, which samples in two phases when asked (annotation first, then the response, each at
-its own temperature: the paper's inference procedure, docs/METHOD.md "Inference").
-
-Optimizers (configure_optimizers): 'muon' = torch.optim.Muon for the 2-D matrices inside the blocks,
-AdamW for the embedding, the head and anything 1-D (Keller Jordan 2024; nanochat); 'adamw' = AdamW
-for everything (nanoGPT). Each parameter group carries its own base learning rate ('base_lr'); the
-training loop scales all of them by one schedule.
+The GPT, two recipes behind one switch (GPTConfig.recipe); docs/METHOD.md "The model" has the sources.
+'modern' (default), the small-GPT recipe of nanochat and modded-nanogpt: rotary positions, RMSNorm
+without a gain (also after the embedding), QK-norm, a ReLU^2 MLP, no biases, zero-initialized output
+projections, the embedding and the head tied or not (tie_embeddings).
+'gpt2', nanoGPT's GPT-2 recipe (learned positions, LayerNorm, GELU, tied embeddings, N(0, 0.02) init):
+the reference the modern recipe is measured against (bench.py --what=quality).
+Both: causal attention through scaled_dot_product_attention, a loss with ignore_index=-1 (SFT masks
+reuse the forward), a batched KV cache, and `generate`, which samples annotation first and then the
+response when asked, each at its own temperature (docs/METHOD.md "Inference").
+configure_optimizers: 'muon' (Muon for the 2-D matrices in the blocks, AdamW for the rest) or 'adamw'
+(AdamW for everything); each parameter group carries its base learning rate ('base_lr'), which the
+training loop scales by one schedule.
 """
 import inspect
 import math
