@@ -444,19 +444,13 @@ def test_text_budget_is_the_same_with_or_without_annotation(tiny_data):
     z = encode_annotation(enc, 'topic:Arts')[0]
     words = enc.encode_ordinary(' a b c d e f g h i j k l')[:10]
     assert len(words) == 10
-    stops = [special[END]]
-    old = sample.max_new_tokens
-    try:
-        sample.max_new_tokens = 10
-        for head, mode in (([], 'sft'), (z + [special[TEXT]], 'anchored')):
-            split = lambda ids: sample.split_sample(head + ids + [special[END]], mode, mode == 'anchored', special, enc,
-                                                    stops)
-            ann, text, fin, n = split(words[:9])
-            assert (ann, text, fin, n) == ('topic:Arts' if head else None, enc.decode(words[:9]), True, 10)
-            ann, text, fin, n = split(words)
-            assert (text, fin, n) == (enc.decode(words), False, 10)  # the stop came after the budget
-    finally:
-        sample.max_new_tokens = old
+    for head, mode in (([], 'sft'), (z + [special[TEXT]], 'anchored')):
+        p = sample.plan(mode, mode == 'anchored', enc, special, 'Hi.', annotation='', no_annotation=False)
+        split = lambda ids: sample.split_sample(head + ids + [special[END]], p, special, enc, max_new_tokens=10)
+        ann, text, fin, n = split(words[:9])
+        assert (ann, text, fin, n) == ('topic:Arts' if head else None, enc.decode(words[:9]), True, 10)
+        ann, text, fin, n = split(words)
+        assert (text, fin, n) == (enc.decode(words), False, 10)  # the stop came after the budget
 
 
 def test_sample_refusals(ckpts, tmp_path):
