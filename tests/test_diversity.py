@@ -1,6 +1,6 @@
-"""metrics.py, report.py and diversity.py: metrics on hand-made inputs with known answers, the
-collapse arithmetic, the competence figures, bad input, and one small end-to-end run with the bundled
-all-MiniLM-L6-v2 (CPU, offline)."""
+"""metrics.py, diversity.py and its modules (judges, figures, numfmt, plots): metrics on hand-made
+inputs with known answers, the collapse arithmetic, the competence figures, bad input, and one small
+end-to-end run with the bundled all-MiniLM-L6-v2 (CPU, offline)."""
 import json
 import math
 import os
@@ -13,8 +13,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import figures  # noqa: E402
+import judges  # noqa: E402
 import metrics as dv  # noqa: E402
-import report as rp  # noqa: E402
+import numfmt  # noqa: E402
+import plots  # noqa: E402
 
 OPENING = 'Here is a short article for you.'
 WORDS = {
@@ -103,8 +106,8 @@ def test_collapse_divisions_by_zero_do_not_crash():
     assert math.isnan(dv.collapse(0.0, 0.0))
     assert dv.collapse_ratio(0.5, 0.0) == math.inf
     assert math.isnan(dv.gap_closed(1.0, 1.0, 1.0))
-    assert rp.fmt(math.nan) == 'n/a' and rp.fmt(math.inf) == 'inf'
-    assert rp.jsonable({'a': [math.nan, -math.inf, np.float32(0.5)]}) == {'a': ['nan', '-inf', 0.5]}
+    assert numfmt.fmt(math.nan) == 'n/a' and numfmt.fmt(math.inf) == 'inf'
+    assert numfmt.jsonable({'a': [math.nan, -math.inf, np.float32(0.5)]}) == {'a': ['nan', '-inf', 0.5]}
 
 
 def test_collapse_on_arrays_of_resamples():
@@ -133,18 +136,18 @@ def comparison(diff, gap, ratio, c_control, c_arm):
 
 def test_headline_sentence_is_truthful():
     good = comparison((0.02, 0.01, 0.03), (0.8, 0.6, 0.9), (5.0, 3.0, 9.0), (0.05, 0.04, 0.06), (0.01, 0.005, 0.02))
-    s = rp.headline_sentence('dissimilarity', 'anchored', 'sft', good)
+    s = figures.headline_sentence('dissimilarity', 'anchored', 'sft', good)
     assert s == ('anchored vs sft on dissimilarity: difference +0.020 [+0.010, +0.030], gap closed 80% [60%, 90%], '
                  'collapse ratio 5.0x [3.0, 9.0].')
     weak = comparison((0.01, -0.01, 0.03), (0.5, -0.2, 1.0), (2.0, -1.0, 9.0), (0.05, 0.04, 0.06), (0.02, 0, 0.05))
-    assert 'includes 0: no difference is resolved' in rp.headline_sentence('d', 'anchored', 'sft', weak)
+    assert 'includes 0: no difference is resolved' in figures.headline_sentence('d', 'anchored', 'sft', weak)
     worse = comparison((-0.02, -0.03, -0.01), (-0.5, -1, -0.2), (0.5, 0.2, 0.9), (0.05, 0.04, 0.06), (0.1, 0.08, 0.12))
-    assert 'Reversed: anchored is less diverse than sft' in rp.headline_sentence('d', 'anchored', 'sft', worse)
+    assert 'Reversed: anchored is less diverse than sft' in figures.headline_sentence('d', 'anchored', 'sft', worse)
     flat = comparison((0.01, 0.0, 0.02), (2.0, -5, 9), (-1.0, -9, 9), (-0.01, -0.02, 0.0), (0.01, 0.0, 0.02))
-    assert 'sft does not collapse on d' in rp.headline_sentence('d', 'anchored', 'sft', flat)
+    assert 'sft does not collapse on d' in figures.headline_sentence('d', 'anchored', 'sft', flat)
     # the anchored arm's collapse is near zero: the ratio is ill-conditioned, the difference is not
     near0 = comparison((0.03, 0.02, 0.04), (0.9, 0.8, 1.1), (9.0, -20, 30), (0.03, 0.02, 0.04), (0.003, -0.01, 0.01))
-    assert 'ratio is ill-conditioned' in rp.headline_sentence('d', 'anchored', 'sft', near0)
+    assert 'ratio is ill-conditioned' in figures.headline_sentence('d', 'anchored', 'sft', near0)
 
 
 # -----------------------------------------------------------------------------
@@ -394,17 +397,16 @@ def test_prompt_metrics_annotation_fields_worked_example():
 def test_both_judges_learn_known_topics():
     """Three topics of distinctive words (WORDS): both judges, on one split, get every test document
     right, and a document of one topic's words alone is given that topic by each."""
-    import diversity
     rng = random.Random(5)
     texts = [doc(t, rng) for t in WORDS for _ in range(12)]
     labels = [t for t in WORDS for _ in range(12)]
-    split = diversity.judge_split(len(texts), 0.25, np.random.default_rng(0))
+    split = judges.judge_split(len(texts), 0.25, np.random.default_rng(0))
     assert len(split[0]) == 9 and sorted(np.concatenate(split)) == list(range(36))
     inputs = np.array(texts, dtype=object)
-    clf, stats = diversity.train_judge(diversity.bow_classifier, inputs, labels, split)
+    clf, stats = judges.train_judge(judges.bow_classifier, inputs, labels, split)
     assert stats['accuracy'] == 1.0 and stats['test_docs'] == 9 and stats['classes'] == 3
     assert list(clf.predict(np.array(['telescope orbit comet planet'], dtype=object))) == ['Astronomy']
-    one_value = diversity.train_judge(diversity.bow_classifier, inputs, ['Cooking'] * 36, split)
+    one_value = judges.train_judge(judges.bow_classifier, inputs, ['Cooking'] * 36, split)
     assert one_value[0] is None and 'accuracy' not in one_value[1]
 
 
@@ -451,18 +453,17 @@ def test_nan_aware_means():
 def test_prompt_groups_split_the_headline():
     """SFT narrows 80 points on the SFT set's prompts p0, p1 and 20 on the held-out p2; the anchored arm
     30 on every prompt: each group's figures are those of its own prompts, the whole its mean."""
-    import diversity
     notes = []
-    groups = diversity.prompt_groups({'p0': True, 'p1': True, 'p2': False}, ['p0', 'p1', 'p2', 'p9'], notes)
+    groups = figures.prompt_groups({'p0': True, 'p1': True, 'p2': False}, ['p0', 'p1', 'p2', 'p9'], notes)
     assert groups == {'in_sft': [0, 1], 'held_out': [2]} and 'p9' in notes[0]
-    assert diversity.prompt_groups('no in_sft field', ['p0'], notes) == {} and notes[-1] == 'no in_sft field'
+    assert figures.prompt_groups('no in_sft field', ['p0'], notes) == {} and notes[-1] == 'no in_sft field'
     row = lambda *v: np.array([v, v])  # two identical seeds
     table = {'base': dict(sft_share=row(0.0, 0.0, 0.0), dissimilarity=row(0.5, 0.5, 0.5)),
              'sft': dict(sft_share=row(0.8, 0.8, 0.2), dissimilarity=row(0.2, 0.2, 0.4)),
              'anchored': dict(sft_share=row(0.3, 0.3, 0.3), dissimilarity=row(0.5, 0.5, 0.5))}
     hl = dict(arm='anchored', controls=['sft'])
-    out = diversity.prompt_group_figures(table, {'in_sft': [0, 1], 'held_out': [2]}, ['dissimilarity'], hl, 'base',
-                                         (50, 0, 'crossed'))
+    out = figures.prompt_group_figures(table, {'in_sft': [0, 1], 'held_out': [2]}, ['dissimilarity'], hl, 'base',
+                                       (50, 0, 'crossed'))
     assert out['metrics'] == ['dissimilarity', 'sft_share']  # no bow judge in this table
     g = out['groups']
     assert g['in_sft']['narrowing']['sft_share']['sft']['value'] == pytest.approx(0.8)
@@ -474,8 +475,8 @@ def test_prompt_groups_split_the_headline():
 
 def test_topic_bars_put_the_sft_topics_first():
     shares = {'base': {'Football': 0.5, 'Cooking': 0.2, 'Astronomy': 0.3}, 'sft': {'Cooking': 0.9, 'Football': 0.1}}
-    assert rp.topic_order(shares, {'Cooking'}) == ['Cooking', 'Football', 'Astronomy']
-    assert rp.topic_shares_png(shares, {'Cooking'}, 'topic')[:4] == b'\x89PNG'
+    assert plots.topic_order(shares, {'Cooking'}) == ['Cooking', 'Football', 'Astronomy']
+    assert plots.topic_shares_png(shares, {'Cooking'}, 'topic')[:4] == b'\x89PNG'
 
 
 def test_leak_pattern():
@@ -525,7 +526,7 @@ def test_ladder_differences_worked_example():
             diversity.parse_ladder(bad)
     shares = {'sft': 0.5, 'sft-replay': 0.45, 'anchored-mask': 0.3, 'anchored-replay': 0.25, 'anchored': 0.1}
     st = dv.summarize({a: {'sft_share': np.full((2, 3), v)} for a, v in shares.items()}, 50, 0)
-    lad = diversity.ladder_figures(st, rungs, ['sft_share'])
+    lad = figures.ladder_figures(st, rungs, ['sft_share'])
     steps = {side: [(s['upper'], s['lower'], s['figures']['sft_share']['value']) for s in v]
              for side, v in lad['steps'].items()}
     assert steps['plain'] == [('sft-replay', 'sft', pytest.approx(-0.05))]
