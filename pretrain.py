@@ -17,8 +17,9 @@ import torch
 from common import UserError, main_guard
 from formats import load_meta, token_stream
 from model import GPT, GPTConfig
-from training import (SCHEDULES, check_meta, check_model_config, check_training_config, load_checkpoint, lr_multiplier,
-                      model_from_checkpoint, padded_vocab, peak_flops, resume_state, sampled_evals, setup_device, train)
+from training import (SCHEDULES, check_meta, check_model_config, check_training_config, elastic_restart, load_checkpoint,
+                      lr_multiplier, model_from_checkpoint, padded_vocab, peak_flops, resume_state, sampled_evals,
+                      setup_device, train)
 
 # -----------------------------------------------------------------------------
 # default config (GPU-ish sizes live in config/; config/small.py is the laptop run)
@@ -28,6 +29,7 @@ out_dir = 'out/base'
 annotated = False  # train on annotated_*.bin instead of plain_*.bin
 init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
 eval_interval = 250
+ckpt_interval = 0  # > 0: ckpt.pt also every this many iterations (an interrupted run loses at most that many)
 eval_iters = 20
 log_interval = 10
 progress = True  # tqdm bar on rank 0
@@ -107,7 +109,7 @@ def check_resume(ckpt, model_args, out_dir, annotated, optimizer):
 def main():
     check_model_config(config)
     check_training_config(config, positive=('batch_size', 'max_iters', 'eval_interval', 'eval_iters'),
-                          nonneg=('learning_rate', 'matrix_lr', 'warmup_iters'),
+                          nonneg=('learning_rate', 'matrix_lr', 'warmup_iters', 'ckpt_interval'),
                           fractions=('warmdown_frac', 'final_lr_frac'),
                           choices=dict(optimizer=('muon', 'adamw'), lr_schedule=SCHEDULES,
                                        init_from=('scratch', 'resume')))
@@ -123,7 +125,7 @@ def main():
                       tie_embeddings=tie_embeddings, vocab_size=padded_vocab(meta), dropout=dropout)
     state = resume_state(None)
     ckpt = None
-    if init_from == 'resume':
+    if init_from == 'resume' or elastic_restart(out_dir):
         ckpt = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
         check_meta(ckpt, meta, data_dir)
         check_resume(ckpt, model_args, out_dir, annotated, optimizer)
@@ -149,7 +151,7 @@ def main():
     lr_at = partial(lr_multiplier, max_iters=max_iters, warmup_iters=warmup_iters, schedule=lr_schedule,
                     warmdown_frac=warmdown_frac, final_lr_frac=final_lr_frac)
     train(model, opt, get_batch, sampled_evals(get_batch, ('train', 'val'), eval_iters), env, state, extra,
-          out_dir=out_dir, max_iters=max_iters, lr_at=lr_at, eval_interval=eval_interval, log_interval=log_interval,
+          out_dir=out_dir, max_iters=max_iters, lr_at=lr_at, eval_interval=eval_interval, ckpt_interval=ckpt_interval, log_interval=log_interval,
           accum=gradient_accumulation_steps, grad_clip=grad_clip, seed=seed, dtype=dtype, compile=compile,
           peak_flops=peak_flops(env['device_type'], cpu_peak_flops), progress=progress,
           desc=f"pretrain {'annotated' if annotated else 'plain'}")

@@ -1,14 +1,16 @@
 """
 The stage runner of study.py: every stage is a script run as its own process, with a stamp (a hash
-of its command, the config files, its script and the shared modules, and the stamps of the stages it
-depends on). A stage whose outputs exist and whose stamp is unchanged is skipped, so a re-run only
+of its command, the config files, its script and the modules it imports, and the stamps of the stages
+it depends on). A stage whose outputs exist and whose stamp is unchanged is skipped, so a re-run only
 redoes what changed. Stages form a dependency graph: each starts as soon as the stages it depends on
 have finished, `jobs` at a time, each with cores // jobs torch threads, the one that heads the
 costliest chain of work first. A training stage interrupted mid-run (Ctrl-C, a killed or preempted
 machine) resumes from its last checkpoint on the next run when its stamp is the same; one study at a
 time holds an out_root (lock_out_root).
 """
+import ast
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -19,9 +21,6 @@ from dataclasses import dataclass, field
 
 from common import UserError, die_with_parent, digest, read_json, write_json
 
-# the modules every stage imports: a change in one of them changes every stamp
-SHARED = ('model.py', 'formats.py', 'training.py', 'common.py', 'configurator.py', 'metrics.py', 'report.py',
-          'embeddings.py')
 HERE = os.path.dirname(os.path.abspath(__file__))
 STOP_GRACE = 30  # seconds a stopped stage gets to end (torchrun: to end its workers) before SIGKILL
 
@@ -29,6 +28,25 @@ STOP_GRACE = 30  # seconds a stopped stage gets to end (torchrun: to end its wor
 def file_digest(path):
     with open(path, 'rb') as f:
         return digest(f.read())
+
+
+@functools.cache
+def code_files(script):
+    """The script and every module of this repo it imports, directly or through another: the code
+    a stage's stamp covers, so that a change in any of them reruns the stage."""
+    files, todo = {script}, [script]
+    while todo:
+        with open(os.path.join(HERE, todo.pop())) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                path = name.split('.')[0] + '.py'
+                if path not in files and os.path.isfile(os.path.join(HERE, path)):
+                    files.add(path)
+                    todo.append(path)
+    return tuple(sorted(files))
 
 
 @dataclass
@@ -91,8 +109,7 @@ class Stages:
         self.max_restarts = max_restarts
         self.stamps = read_json(self.path) if os.path.isfile(self.path) and not force else {}
         self.started = read_json(self.started_path) if os.path.isfile(self.started_path) and not force else {}
-        self.code = digest(*(file_digest(f) for f in self.config_files),
-                           *(file_digest(os.path.join(HERE, m)) for m in SHARED))
+        self.configs = digest(*(file_digest(f) for f in self.config_files))
         self.times, self.resumed = {}, {}
 
     def command(self, st):
@@ -115,7 +132,8 @@ class Stages:
         todo, stamps = [], {}
         for st in stages:
             cmd = self.command(st)
-            stamps[st.name] = digest(json.dumps(cmd[1:]), self.code, file_digest(os.path.join(HERE, st.script)),
+            stamps[st.name] = digest(json.dumps(cmd[1:]), self.configs,
+                                     *(file_digest(os.path.join(HERE, f)) for f in code_files(st.script)),
                                      *(stamps.get(d, self.stamps.get(d, '')) for d in st.deps))
             if self.stamps.get(st.name) == stamps[st.name] and all(os.path.exists(o) for o in st.outputs):
                 print(f"[{st.name}] up to date, skipped")

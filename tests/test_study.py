@@ -206,3 +206,11 @@ def test_stages_start_as_soon_as_their_deps_finish(tmp_path):
              stage('d', 0.1, ['a'])])
     assert [e for e in trace.read_text().split('\n') if e.startswith('start')] == \
         ['start b', 'start c', 'start a', 'start d']
+
+
+def test_a_stage_stamp_covers_every_module_it_imports():
+    """A change in any module a stage script imports, however indirectly, reruns the stage."""
+    from stages import code_files
+    assert {'annotate.py', 'corpus.py', 'annotators.py', 'streams.py', 'formats.py'} <= set(code_files('annotate.py'))
+    assert {'judges.py', 'plots.py', 'report.py', 'metrics.py'} <= set(code_files('diversity.py'))
+    assert 'diversity.py' not in code_files('pretrain.py')
