@@ -1,18 +1,19 @@
 """
 Post-training of a pretrained checkpoint on sft_train.jsonl: standard SFT or annotation-anchored SFT.
 
-    python anchor_sft.py config/small.py --method=sft --anchor_prior=mask --init_dir=out/base --out_dir=out/sft
     python anchor_sft.py config/small.py --method=anchored --init_dir=out/annotated --out_dir=out/anchored
+    python anchor_sft.py config/small.py --method=sft --anchor_prior=mask --replay_rows=0 --out_dir=out/sft
 
 method='sft':      <|bos|><|user|> x <|assistant|> y <|end|>                     loss on y <|end|>
 method='anchored': <|bos|><|user|> x <|assistant|><|ann|> z <|text|> y <|end|>   loss on y <|end|>
 
 The annotation z is masked (in key_fraction of the rows its keys stay in the loss), so SFT learns the
-response style but not R(z|x) (paper, method). Remedies for a small model, each a switch with the
-paper's plain masking as one value: anchor_prior='distill' (prior distillation, prior_rows; for
-method='sft' its plain counterpart, the control's) and replay_rows (replay_window). Why each is built
-the way it is, and what each control gets: docs/METHOD.md. Same loop, DDP and checkpoints as
-pretrain.py; a fixed length by default (sft_patience = 0), or the lowest SFT val loss kept as best.pt.
+response style but not R(z|x) (paper, method). The defaults are the anchored recipe for a small model
+(RECIPE): prior distillation (anchor_prior='distill', prior_rows; for method='sft' its plain
+counterpart, the control's) and replay (replay_rows, replay_window); the paper's plain masking and
+standard SFT: --anchor_prior=mask --replay_rows=0. Why each is built the way it is: docs/METHOD.md.
+Same loop, DDP and checkpoints as pretrain.py; a fixed length by default (sft_patience = 0), or the
+lowest SFT val loss kept as best.pt.
 """
 import os
 import random
@@ -38,14 +39,27 @@ init_dir = 'out/base'  # the pretrained checkpoint (init_dir/ckpt.pt)
 out_dir = 'out/sft'
 data_dir = ''  # '' = the data dir the pretrained checkpoint was trained on
 method = 'sft'  # 'sft' (standard) or 'anchored' (annotation-anchored)
-key_fraction = 0.003  # anchored: fraction of rows whose annotation keys are supervised (paper: 0.3%)
-anchor_prior = 'mask'  # 'mask' (anchored: the paper, z is only masked; sft: nothing) or 'distill' (+ prior
-#                        distillation; for method='sft' its plain counterpart, the strongest control's)
+# The anchored recipe (the keys of RECIPE, below): these defaults are its values, measured on the laptop
+# (config/small.py: 1.3M parameters, 3 seeds each, docs/LOG.md), and every config file inherits them; a
+# config changes one only on purpose, with `# recipe: <why>` on its line (tests/test_configs.py). They
+# apply to every arm that does not switch them off, whatever its method (study.py: sft-distill, the
+# strongest control, gets their plain counterparts; sft-replay says --anchor_prior=mask; sft and the
+# paper's plain masking, anchored-mask, also --replay_rows=0).
+key_fraction = 0.2  # anchored: fraction of rows whose annotation keys are targets, values masked (paper: 0.3%,
+#                     on the laptop 1 row of ~400, too few to keep the format; 20%, ~80 rows, holds it, and
+#                     the text follows its sampled topic more often than at 10%)
+anchor_prior = 'distill'  # 'distill': + prior distillation toward the pretrained model (for method='sft' its
+#                           plain counterpart); 'mask': z only masked (anchored: the paper; sft: nothing more)
 distill_weight = 1.0  # lambda of the prior-distillation KL (per annotation position, like the LM loss per token)
-opening_weight = 0.0  # with distill: weight of the SFT format's opening line on the prior rows (0: not a target)
-replay_rows = 0  # windows of the pretraining stream (annotated or plain, by method) added to every training micro-batch
-replay_docs = False  # replayed windows start at a document and leave its boundaries to the SFT format (below)
-replay_lr_frac = -1.0  # the learning-rate fraction of an arm that replays (< 0: sft_lr_frac)
+opening_weight = 0.05  # with distill: weight of the SFT format's opening line on the prior rows (laptop: 0 broke
+#                        the format, quality 66%; 1 kept it, 99%, but the text followed its annotation less,
+#                        fidelity 45%; 0.05: 79% and 53%)
+replay_rows = 4  # windows of the pretraining stream (annotated or plain, by method) in every training
+#                  micro-batch: 4 per 16 SFT rows (sft_batch_size), as on the laptop; scale it with the batch
+replay_docs = True  # replayed windows start at a document and leave its boundaries to the SFT format (below)
+replay_lr_frac = 0.2  # the learning-rate fraction of an arm that replays (< 0: sft_lr_frac): 2x sft_lr_frac, as
+#                       on the laptop (an arm that replays learns the format less at SFT's rate; the anchored
+#                       arm's format and quality rose from 0.2 to 0.4 at sft_lr_frac 0.2)
 sft_topics = ''  # keep only rows whose annotation value of meta's sft_key is one of these ('' = all):
 sft_max_rows = 0  # and at most this many (0 = all); together: SFT sets of chosen semantic entropy
 init_from = 'pretrained'  # 'pretrained' (from init_dir) or 'resume' (from out_dir)
@@ -66,7 +80,8 @@ weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0
-sft_dropout = 0.0  # dropout during SFT (a few hundred rows for several epochs overfit; pretraining has its own)
+sft_dropout = 0.1  # dropout during SFT, the recipe's (a few hundred rows for several epochs overfit without it;
+#                   pretraining has its own)
 device = 'auto'
 backend = 'auto'
 dtype = 'auto'
@@ -77,6 +92,10 @@ threads = 0
 from configurator import configure  # noqa: E402
 config = configure(globals())
 # -----------------------------------------------------------------------------
+# the recipe's terms: every config file keeps these at the defaults above unless the line that sets one
+# says `# recipe: <why>` (tests/test_configs.py)
+RECIPE = ('key_fraction', 'anchor_prior', 'distill_weight', 'opening_weight', 'replay_rows', 'replay_docs',
+          'replay_lr_frac', 'sft_dropout')
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
 """The GPU and hub-dataset configs cannot download anything here: each runs for a couple of steps on
 a tiny local fixture with the same columns (dataset path and model size overridden), so they cannot rot."""
+import ast
+import glob
 import json
+import os
 import random
+import re
 
 import pytest
 
-from conftest import TOPIC_WORDS, run
+from conftest import ROOT, TOPIC_WORDS, run
 
 SHRINK = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=256', '--batch_size=2',
           '--gradient_accumulation_steps=2', '--max_iters=2', '--eval_interval=2', '--eval_iters=1',
@@ -59,3 +63,38 @@ def test_fineweb_config_runs_on_web_fixture(tmp_path):
     r = run('pretrain.py', 'config/fineweb_edu.py', 'config/gpt2_small.py', f'--data_dir={tmp_path / "fineweb_edu"}',
             f'--out_dir={tmp_path / "pre"}', '--annotated=True', *SHRINK)
     assert 'done: 2 iters' in r.stdout
+
+
+def recipe_lines(path, keys):
+    """{key: [the source lines of each assignment of key]} of a config file, for the recipe's keys."""
+    src = open(path).read().splitlines()
+    lines = {}
+    for node in ast.parse('\n'.join(src)).body:
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Name) and t.id in keys:
+                    lines.setdefault(t.id, []).append('\n'.join(src[node.lineno - 1:node.end_lineno]))
+    return lines
+
+
+def test_every_config_keeps_the_anchored_recipe():
+    """anchor_sft.py's defaults are the anchored recipe, and every config file inherits it: a recipe
+    key resolves to its default unless the file sets it on purpose, on a line that says
+    `# recipe: <why>` and to another value (a plain copy could drift unseen: one once trained the GPU
+    sizes at opening_weight=0, which breaks the format)."""
+    import anchor_sft
+    from configurator import configure
+    assert {'anchor_prior', 'distill_weight', 'opening_weight', 'replay_docs'} <= set(anchor_sft.RECIPE)
+    default = {k: anchor_sft.config[k] for k in anchor_sft.RECIPE}
+    paths = sorted(glob.glob(os.path.join(ROOT, 'config', '*.py')))
+    assert len(paths) > 5
+    for path in paths:
+        resolved = configure(dict(anchor_sft.config), [path])
+        marked = recipe_lines(path, anchor_sft.RECIPE)
+        for key in anchor_sft.RECIPE:
+            for line in marked.get(key, []):
+                assert re.search(r'#\s*recipe:\s*\S', line), f"{path}: {key} set without '# recipe: <why>': {line}"
+            if key in marked:
+                assert resolved[key] != default[key], f"{path}: {key} = {default[key]} is the default: drop the line"
+            else:
+                assert resolved[key] == default[key], (path, key)

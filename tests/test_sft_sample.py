@@ -11,6 +11,8 @@ from formats import ANN, IGNORE, TEXT, encode_annotation, load_meta, load_tokeni
 
 SFT = ['--sft_iters=4', '--sft_eval_interval=2', '--sft_batch_size=4', '--progress=False', '--device=cpu',
        '--log_interval=1']
+# anchor_sft.py's defaults are the anchored recipe: standard SFT and the paper's plain masking switch it off
+PAPER = ['--anchor_prior=mask', '--replay_rows=0']
 
 
 @pytest.fixture(scope='module')
@@ -21,17 +23,18 @@ def ckpts(tiny_data, tmp_path_factory):
               '--learning_rate=3e-3', *TINY_MODEL, '--block_size=256']
     run('pretrain.py', *common, f'--out_dir={root / "base"}')
     run('pretrain.py', *common, f'--out_dir={root / "annotated"}', '--annotated=True')
-    r = run('anchor_sft.py', '--method=sft', f'--init_dir={root / "base"}', f'--out_dir={root / "sft"}', *SFT)
+    r = run('anchor_sft.py', '--method=sft', *PAPER, f'--init_dir={root / "base"}', f'--out_dir={root / "sft"}', *SFT)
     assert 'done: 4 iters' in r.stdout
-    run('anchor_sft.py', '--method=anchored', f'--init_dir={root / "annotated"}', f'--out_dir={root / "anchor"}', *SFT,
-        '--sft_patience=1', '--sft_min_delta=0.001')  # the early-stopping rule: best.pt
-    # the config/small.py recipe: prior distillation, replay of annotated documents, SFT dropout, own lr
+    run('anchor_sft.py', '--method=anchored', *PAPER, f'--init_dir={root / "annotated"}',
+        f'--out_dir={root / "anchor"}', *SFT, '--sft_patience=1', '--sft_min_delta=0.001')  # the early-stopping rule
+    # the recipe (anchor_sft.py's defaults), said out loud at this size: prior distillation, replay of
+    # annotated documents, SFT dropout, own lr
     recipe = ['--replay_rows=2', '--replay_docs=True', '--sft_dropout=0.1', '--replay_lr_frac=0.3']
     run('anchor_sft.py', '--method=anchored', '--anchor_prior=distill', '--opening_weight=0.05', *recipe,
         f'--init_dir={root / "annotated"}', f'--out_dir={root / "distill"}', *SFT)
     # and its fair control: standard SFT with the same replay, from the plain stream, at the same rate
-    run('anchor_sft.py', '--method=sft', *recipe, f'--init_dir={root / "base"}', f'--out_dir={root / "sft-replay"}',
-        *SFT)
+    run('anchor_sft.py', '--method=sft', '--anchor_prior=mask', *recipe, f'--init_dir={root / "base"}',
+        f'--out_dir={root / "sft-replay"}', *SFT)
     # and its strongest control: the same, plus the plain counterpart of prior distillation
     run('anchor_sft.py', '--method=sft', '--anchor_prior=distill', '--opening_weight=0.05', *recipe,
         f'--init_dir={root / "base"}', f'--out_dir={root / "sft-distill"}', *SFT)
@@ -273,7 +276,7 @@ def test_sft_val_loss_is_the_whole_val_set(tiny_data, ckpts):
 def test_seeds_give_distinct_runs_and_samples(ckpts, tmp_path):
     """A seed changes the data order and dropout of SFT and the draws of sampling: two seeds give two
     different models and sample sets; the same seed gives the same ones."""
-    common = [f'--init_dir={ckpts / "base"}', '--method=sft', *SFT, '--sft_dropout=0.1']
+    common = [f'--init_dir={ckpts / "base"}', '--method=sft', *PAPER, *SFT, '--sft_dropout=0.1']
     for s, name in ((1, 'a'), (2, 'b'), (1, 'c')):
         run('anchor_sft.py', *common, f'--seed={s}', f'--out_dir={tmp_path / name}')
         run('sample.py', f'--ckpt_dir={tmp_path / name}', f'--out={tmp_path / name}.jsonl', f'--seed={s}',
@@ -331,7 +334,7 @@ def test_plain_prior_rows_are_the_counterpart(tiny_data):
 
 
 def test_sft_refusals(tiny_data, ckpts, tmp_path):
-    base = [f'--init_dir={ckpts / "base"}', f'--out_dir={tmp_path / "o"}', *SFT]
+    base = [f'--init_dir={ckpts / "base"}', f'--out_dir={tmp_path / "o"}', *PAPER, *SFT]
     one_error_line(run('anchor_sft.py', *base, '--method=magic', check=False),
                    "method must be one of sft, anchored; got 'magic'")
     # a data dir whose tokenizer differs from the checkpoint's
@@ -351,7 +354,7 @@ def test_sft_refusals(tiny_data, ckpts, tmp_path):
     small = tmp_path / 'small'
     run('pretrain.py', f'--data_dir={tiny_data}', f'--out_dir={small}', '--max_iters=1', '--eval_interval=1',
         '--eval_iters=1', *TINY_MODEL, '--block_size=32')
-    r = run('anchor_sft.py', f'--init_dir={small}', f'--out_dir={tmp_path / "o2"}', *SFT, check=False)
+    r = run('anchor_sft.py', f'--init_dir={small}', f'--out_dir={tmp_path / "o2"}', *PAPER, *SFT, check=False)
     one_error_line(r, 'longer than block_size=32')
     assert not (tmp_path / 'o2' / 'ckpt.pt').exists()
     # a pretrain checkpoint passed where an SFT one is resumed
@@ -362,20 +365,21 @@ def test_sft_refusals(tiny_data, ckpts, tmp_path):
     one_error_line(run('anchor_sft.py', f'--out_dir={tmp_path / "d"}', '--init_from=resume', '--method=anchored',
                        '--anchor_prior=distill', '--replay_rows=1', *SFT, check=False), 'trained with replay_rows=2')
     one_error_line(run('anchor_sft.py', f'--out_dir={tmp_path / "d"}', '--init_from=resume', '--method=anchored',
-                       '--anchor_prior=distill', '--replay_rows=2', *SFT, check=False), 'trained with replay_docs=True')
+                       '--anchor_prior=distill', '--replay_rows=2', '--replay_docs=False', *SFT, check=False),
+                   'trained with replay_docs=True')
     one_error_line(run('anchor_sft.py', *base, '--sft_dropout=1.0', check=False), 'sft_dropout must be')
     # replay from a data dir without the annotated stream: refused before anything is written
     bare = tmp_path / 'bare'
     shutil.copytree(tiny_data, bare)
     os.remove(bare / 'annotated_train.bin')
-    r = run('anchor_sft.py', '--method=anchored', '--replay_rows=2', f'--data_dir={bare}',
+    r = run('anchor_sft.py', '--method=anchored', '--anchor_prior=mask', '--replay_rows=2', f'--data_dir={bare}',
             f'--init_dir={ckpts / "annotated"}', f'--out_dir={tmp_path / "o3"}', *SFT, check=False)
     one_error_line(r, 'token stream not found')
     assert not (tmp_path / 'o3' / 'sft_set.json').exists()
     # and the fair control's replay from a data dir without the plain stream
     os.remove(bare / 'plain_train.bin')
-    r = run('anchor_sft.py', '--method=sft', '--replay_rows=2', f'--data_dir={bare}', f'--init_dir={ckpts / "base"}',
-            f'--out_dir={tmp_path / "o4"}', *SFT, check=False)
+    r = run('anchor_sft.py', '--method=sft', '--anchor_prior=mask', '--replay_rows=2', f'--data_dir={bare}',
+            f'--init_dir={ckpts / "base"}', f'--out_dir={tmp_path / "o4"}', *SFT, check=False)
     one_error_line(r, 'plain_train.bin')
 
 
