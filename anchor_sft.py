@@ -29,8 +29,9 @@ from common import UserError, main_guard, read_jsonl, split_list, write_json
 from formats import (ANN, ASSISTANT, BOS, IGNORE, TEXT, annotation_span, annotation_values, load_meta, load_tokenizer,
                      sft_example, token_stream)
 from metrics import entropy_bits
-from training import (check_meta, check_training_config, lm_loss, load_checkpoint, load_frozen_pretrained,
-                      lr_multiplier, model_from_checkpoint, peak_flops, resume_state, setup_device, train)
+from training import (check_meta, check_training_config, elastic_restart, lm_loss, load_checkpoint,
+                      load_frozen_pretrained, lr_multiplier, model_from_checkpoint, peak_flops, resume_state,
+                      setup_device, train)
 
 # -----------------------------------------------------------------------------
 # default config; keys shared with pretrain.py in one config file keep their meaning
@@ -432,10 +433,11 @@ def main():
     if threads:
         torch.set_num_threads(threads)
     env = setup_device(device, backend)
-    ckpt = load_start(init_from, init_dir, out_dir)
-    if init_from == 'resume':
+    start = 'resume' if elastic_restart(out_dir) else init_from  # (torchrun restarted the group)
+    ckpt = load_start(start, init_dir, out_dir)
+    if start == 'resume':
         check_resume(ckpt, out_dir, method, anchor_prior, replay_rows, replay_docs)
-    start_dir = init_dir if init_from == 'pretrained' else ckpt['init_dir']  # the pretrained model SFT began at
+    start_dir = init_dir if start == 'pretrained' else ckpt['init_dir']  # the pretrained model SFT began at
     ddir = data_dir or ckpt['data_dir']
     meta = load_meta(ddir)
     check_meta(ckpt, meta, ddir)
@@ -450,19 +452,19 @@ def main():
     torch.manual_seed(seed + env['rank'])
     ckpt['model_args'] = model_args
     model = model_from_checkpoint(ckpt, env['device'])
-    pretrain_config = ckpt['config'] if init_from == 'pretrained' else ckpt['pretrain_config']
+    pretrain_config = ckpt['config'] if start == 'pretrained' else ckpt['pretrain_config']
     lr_frac = replay_lr_frac if replay_rows and replay_lr_frac >= 0 else sft_lr_frac
     optimizer = model.configure_optimizers(pretrain_config['optimizer'], lr_frac * pretrain_config['learning_rate'],
                                            lr_frac * pretrain_config['matrix_lr'], weight_decay, (beta1, beta2),
                                            env['device_type'])
     state = resume_state(None)
-    if init_from == 'resume':
+    if start == 'resume':
         optimizer.load_state_dict(ckpt['optimizer'])
         state = resume_state(ckpt)
     if env['master']:
         write_sft_set(out_dir, meta, rows['train'], topics['train'])
         epochs = sft_iters * sft_batch_size * gradient_accumulation_steps / len(rows['train'])
-        print(f"{method} SFT of {init_dir if init_from == 'pretrained' else out_dir}: {len(rows['train'])} rows, "
+        print(f"{method} SFT of {init_dir if start == 'pretrained' else out_dir}: {len(rows['train'])} rows, "
               f"{sft_iters} iters ({epochs:.1f} epochs) on {env['device']} x{env['world']}"
               + (f", {replay_rows} replayed documents per batch" if replay_rows else ''))
     extra = dict(stage='sft', method=method, model_args=model_args, config=config, data_dir=ddir,

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from common import UserError, die_with_parent, digest, read_json, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# torchrun's workers otherwise share its rendezvous store, where a restarted group can read the
+# addresses of the group it replaces and fail to connect (pytorch/pytorch#135712; seen with gloo here)
+TORCHRUN_ENV = {'TORCH_DISABLE_SHARE_RDZV_TCP_STORE': '1'}
 STOP_GRACE = 30  # seconds a stopped stage gets to end (torchrun: to end its workers) before SIGKILL
 
 
@@ -214,7 +217,7 @@ class Stages:
         out = open(job.log, 'w') if job.log else None
         # a session of its own: study.py decides when its stages stop (stop()), and a stage dies with it
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
-                                preexec_fn=die_with_parent)
+                                preexec_fn=die_with_parent, env=dict(os.environ, **TORCHRUN_ENV))
         return Running(job, proc, out, time.time())
 
     def finish(self, r):

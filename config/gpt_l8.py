@@ -11,6 +11,7 @@ warmup_iters = 150
 learning_rate = 4e-3  # AdamW: embedding and head
 matrix_lr = 0.02  # Muon: the hidden matrices
 eval_interval = 250
+ckpt_interval = 50  # ckpt.pt between evaluations too: a lost rank or machine costs at most 50 iterations
 eval_iters = 50
 log_interval = 10
 device = 'cuda'

@@ -55,8 +55,8 @@ def test_encoding_and_types(tiny_data, runs, tmp_path):
     rows = [json.loads(line) for line in open(data / 'sft_train.jsonl')]
     rows[0]['annotation'] = None
     (data / 'sft_train.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
-    r = run('anchor_sft.py', '--method=anchored', f'--data_dir={data}', f'--init_dir={runs / "base"}',
-            f'--out_dir={tmp_path / "anchored"}', *SFT, check=False)
+    r = run('anchor_sft.py', '--method=anchored', '--anchor_prior=mask', '--replay_rows=0', f'--data_dir={data}',
+            f'--init_dir={runs / "base"}', f'--out_dir={tmp_path / "anchored"}', *SFT, check=False)
     one_error_line(r, "row 1: method='anchored' needs an annotation, got null")
 
 

@@ -179,10 +179,13 @@ def test_rank_killed_under_torchrun_restarts_from_the_checkpoint(tiny_data, tmp_
                 '--max-restarts=1', '--monitor-interval=0.2', os.path.join(ROOT, 'pretrain.py'), *TINY_MODEL,
                 f'--data_dir={tiny_data}', f'--out_dir={out}', '--max_iters=200', '--eval_interval=100',
                 '--eval_iters=1', '--ckpt_interval=10', '--gradient_accumulation_steps=2', '--log_interval=100']
-    whole = subprocess.run(pretrain(tmp_path / 'whole'), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    from stages import TORCHRUN_ENV
+    env = dict(os.environ, **TORCHRUN_ENV)  # as study.py launches it
+    whole = subprocess.run(pretrain(tmp_path / 'whole'), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env=env)
     assert whole.returncode == 0, whole.stderr
     p = subprocess.Popen(pretrain(tmp_path / 'cut'), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
+                         text=True, env=env)
     wait_for(tmp_path / 'cut' / 'ckpt.pt', p)
     os.kill(worker_pids(p.pid)[-1], signal.SIGKILL)  # rank 1
     out, _ = p.communicate(timeout=300)
