@@ -6,10 +6,10 @@ Config overrides, nanoGPT style: a script's top-level globals are its config.
 Arguments are applied left to right (later wins): a path ending in .py is a config file whose
 assignments override the globals; `--key=value` overrides one global. One config file serves every
 stage (config/small.py holds the pretraining and the SFT settings), so a file may set keys of other
-stages: those are skipped here; a key that no stage knows is an error (a typo). Unlike nanoGPT's exec() trick
-this is a function, so mistakes end in one clear line instead of a traceback:
-unknown key, missing config file, value of the wrong type. An int is accepted where a float is
-expected, and a value may itself contain '=' (only the first one splits).
+stages: those are skipped here; a key that no stage knows is an error (a typo). Unlike nanoGPT's
+exec() trick this is a function, so mistakes end in one clear line instead of a traceback: unknown
+key, missing config file, value of the wrong type. An int is accepted where a float is expected, and
+a value may itself contain '=' (only the first one splits).
 
 Usage at the end of a script's config block:
 

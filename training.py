@@ -289,13 +289,31 @@ def wrap_model(model, env, compile):
     return model
 
 
-def restore_rng(state, gen, device_type):
-    """A resumed run continues the data sampler's and torch's random streams where they stopped."""
+def rank_rng_states(env):
+    """torch's random state (dropout) of every rank, on every rank: under DDP each rank draws its own
+    stream (seed + rank), so a checkpoint must hold all of them for a resumed run to draw the same
+    dropout masks on every rank."""
+    mine = (torch.get_rng_state(), torch.cuda.get_rng_state() if env['device_type'] == 'cuda' else None)
+    if not env['ddp']:
+        return [mine]
+    states = [None] * env['world']
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def restore_rng(state, gen, env):
+    """A resumed run continues the data sampler's and each rank's torch random streams where they
+    stopped (a checkpoint of another number of ranks: the first rank's)."""
     if state['data_rng'] is not None:
         gen.set_state(state['data_rng'])
-        torch.set_rng_state(state['torch_rng'])
-        if device_type == 'cuda' and state['cuda_rng'] is not None:
-            torch.cuda.set_rng_state_all(state['cuda_rng'])
+        torch_rng, cuda_rng = state['torch_rng'], state['cuda_rng']
+        if isinstance(torch_rng, list):  # one per rank
+            torch_rng, cuda_rng = torch_rng[env['rank'] if env['rank'] < len(torch_rng) else 0]
+        torch.set_rng_state(torch_rng)
+        if env['device_type'] == 'cuda' and isinstance(cuda_rng, list):  # (older checkpoints: every device's)
+            torch.cuda.set_rng_state_all(cuda_rng)
+        elif env['device_type'] == 'cuda' and cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng)
 
 
 def train_step(model, raw, optimizer, batches, loss_fn, ctx, grad_clip, ddp):
@@ -317,14 +335,13 @@ def train_step(model, raw, optimizer, batches, loss_fn, ctx, grad_clip, ddp):
     return loss_sum
 
 
-def save_run(out_dir, raw, optimizer, state, gen, ckpt_extra, device_type, best):
+def save_run(out_dir, raw, optimizer, state, gen, ckpt_extra, rng_states, best):
     """log.json, then best.pt (if best), then ckpt.pt: a kill between two writes leaves a log that is
     ahead of ckpt.pt (a resume rewrites it from ckpt.pt) and a ckpt.pt that redoes this evaluation."""
     ckpt = dict(ckpt_extra, model=raw.state_dict(), optimizer=optimizer.state_dict(),
                 iter_num=state['iter_num'], best_val_loss=state['best_val_loss'],
                 history=state['history'], data_rng=gen.get_state(),
-                torch_rng=torch.get_rng_state(), train_time=state['train_time'],
-                cuda_rng=torch.cuda.get_rng_state_all() if device_type == 'cuda' else None,
+                torch_rng=rng_states, cuda_rng=None, train_time=state['train_time'],
                 run_id=os.environ.get('TORCHELASTIC_RUN_ID'))  # (elastic_restart: whose checkpoint)
     try:
         write_json(os.path.join(out_dir, 'log.json'), state['history'])
@@ -393,7 +410,7 @@ def train(model, optimizer, get_batch, evals, env, state, ckpt_extra, *, out_dir
     ctx = autocast(env['device_type'], dtype)
     raw, model = model, wrap_model(model, env, compile)
     gen = torch.Generator().manual_seed(seed)
-    restore_rng(state, gen, env['device_type'])
+    restore_rng(state, gen, env)
     prepare_out_dir(out_dir, state, master)
     model.train()
     it = state['iter_num']
@@ -409,6 +426,8 @@ def train(model, optimizer, get_batch, evals, env, state, ckpt_extra, *, out_dir
         it = state['iter_num'] = it + 1
         bar.update(1)
         is_eval = it % eval_interval == 0 or it == max_iters
+        is_ckpt = is_eval or (ckpt_interval and it % ckpt_interval == 0)
+        rng_states = rank_rng_states(env) if is_ckpt else None  # (a collective: every rank, before the first saves)
         if master:
             loss_val, dt = loss.item(), time.time() - t0  # .item() syncs: dt is a real step time
             state['train_time'] += dt
@@ -419,8 +438,8 @@ def train(model, optimizer, get_batch, evals, env, state, ckpt_extra, *, out_dir
                          raw.estimate_mfu(tokens_per_iter, dt, peak_flops) if peak_flops else None)
             best = is_eval and eval_step(raw, evals, ctx, state, entry, bar, min_delta)
             state['history'].append(entry)
-            if is_eval or (ckpt_interval and it % ckpt_interval == 0):
-                save_run(out_dir, raw, optimizer, state, gen, ckpt_extra, env['device_type'], best and keep_best)
+            if is_ckpt:
+                save_run(out_dir, raw, optimizer, state, gen, ckpt_extra, rng_states, best and keep_best)
             t0 = time.time()  # evaluation and saving are not step time
         if is_eval and patience and should_stop(state, patience, min_delta, env):  # every rank stops with the first
             if master:

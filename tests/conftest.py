@@ -19,6 +19,11 @@ TINY_MODEL = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=128', '-
               '--progress=False', '--log_interval=1', '--device=cpu']
 
 
+def pytest_collection_modifyitems(items):
+    """The slow tests first (a stable sort): the longest jobs start at once instead of last."""
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+
+
 def make_corpus(path, n_docs=80, seed=0):
     """JSONL docs with columns text/title/topic/description; some have blank-line chunks."""
     rng = random.Random(seed)

@@ -13,6 +13,8 @@ import pytest
 from annotators import Keywords, make_annotator
 from conftest import ROOT, annotate_args, make_corpus, run, snapshot
 
+pytestmark = pytest.mark.xdist_group('annotate_scale')  # its module fixture is built once
+
 
 def outputs(ddir):
     """({file: bytes}, meta) of a data dir; meta without the run's own name and config."""

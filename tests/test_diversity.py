@@ -19,6 +19,8 @@ import metrics as dv  # noqa: E402
 import numfmt  # noqa: E402
 import plots  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group('diversity')  # its module fixture is built once
+
 OPENING = 'Here is a short article for you.'
 WORDS = {
     'Cooking': 'recipe oven flour bake butter sugar dough kitchen simmer spice'.split(),

@@ -9,6 +9,8 @@ import torch
 from conftest import TINY_MODEL, one_error_line, run
 from formats import ANN, IGNORE, TEXT, encode_annotation, load_meta, load_tokenizer, sft_example
 
+pytestmark = pytest.mark.xdist_group('sft_sample')  # its module fixture is built once
+
 SFT = ['--sft_iters=4', '--sft_eval_interval=2', '--sft_batch_size=4', '--progress=False', '--device=cpu',
        '--log_interval=1']
 # anchor_sft.py's defaults are the anchored recipe: standard SFT and the paper's plain masking switch it off
@@ -416,7 +418,7 @@ def test_sample_modes(ckpts, tmp_path):
 def test_sample_batched_equals_one_at_a_time(ckpts, tmp_path):
     """Greedy: batches holding the rows of several prompts of different lengths (left-padded) with
     the KV cache give the tokens of one-at-a-time sampling without the cache."""
-    args = [f'--ckpt_dir={ckpts / "anchor"}', '--num_samples=4', '--max_new_tokens=25', '--temperature=0',
+    args = [f'--ckpt_dir={ckpts / "anchor"}', '--num_samples=2', '--max_new_tokens=16', '--temperature=0',
             '--progress=False', '--device=cpu']
     run('sample.py', *args, '--sample_batch_size=24', f'--out={tmp_path / "a.jsonl"}')
     run('sample.py', *args, '--sample_batch_size=1', '--use_cache=False', f'--out={tmp_path / "b.jsonl"}')
@@ -428,8 +430,11 @@ def test_sample_batched_equals_one_at_a_time(ckpts, tmp_path):
 def test_sample_budget_is_the_same_for_every_row(ckpts, tmp_path):
     """max_new_tokens past block_size: every row gets what fits after the longest prompt, so a
     sample never depends on which prompts share its batch."""
-    args = [f'--ckpt_dir={ckpts / "sft"}', '--num_samples=1', '--max_new_tokens=100000', '--temperature=0',
-            '--progress=False', '--device=cpu']
+    prompts = tmp_path / 'prompts.jsonl'  # three prompts of different lengths
+    prompts.write_text(''.join(json.dumps({'prompt_id': i, 'prompt': 'Tell me about ' + 'art ' * n}) + '\n'
+                               for i, n in enumerate((1, 9, 30))))
+    args = [f'--ckpt_dir={ckpts / "sft"}', f'--prompts={prompts}', '--num_samples=1', '--max_new_tokens=100000',
+            '--temperature=0', '--progress=False', '--device=cpu']
     r = run('sample.py', *args, '--sample_batch_size=64', f'--out={tmp_path / "a.jsonl"}')
     assert 'every sample gets' in r.stdout
     run('sample.py', *args, '--sample_batch_size=1', f'--out={tmp_path / "b.jsonl"}')
