@@ -89,18 +89,18 @@ def test_prior_rows_positions_and_loss(tiny_data):
     the last token of z) is paired with the teacher reading <|bos|><|ann|> z; the KL is zero where
     the two agree and its gradient reaches only those positions. sft_opening is what every response
     starts with, and load_prior finds every annotation of the annotated stream."""
-    import anchor_sft
     from formats import BOS, annotation_span, token_stream
+    from prior import distill_kl, load_prior, prior_rows, sft_opening
     meta = load_meta(tiny_data)
     enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
     rows = [sft_example(enc, special, 'Hi there.', 'Sure!\nA poem.', 'topic:Arts'),
             sft_example(enc, special, 'Hi.', 'Sure!\nOk.', 'topic:Sport')]
-    opening = anchor_sft.sft_opening(rows, special)
+    opening = sft_opening(rows, special)
     start, end = annotation_span(rows[0][0], special)
     assert opening == rows[0][0][end + 1:end + 1 + len(opening)] and enc.decode(opening).startswith('Sure!')
-    assert anchor_sft.sft_opening(rows + [sft_example(enc, special, 'Hi.', 'No.', 'topic:Arts')], special) == []
+    assert sft_opening(rows + [sft_example(enc, special, 'Hi.', 'No.', 'topic:Arts')], special) == []
     zs = [encode_annotation(enc, 'topic:History entity:Rome')[0], encode_annotation(enc, 'topic:Sport')[0]]
-    x, y, t_in, t_pos, s_pos, mask = anchor_sft.prior_rows([ids for ids, _ in rows], zs, special, opening)
+    x, y, t_in, t_pos, s_pos, mask = prior_rows([ids for ids, _ in rows], zs, special, opening)
     for b, ((ids, _), z) in enumerate(zip(rows, zs)):
         start = annotation_span(ids, special)[0]
         text = start + 1 + len(z)
@@ -123,10 +123,10 @@ def test_prior_rows_positions_and_loss(tiny_data):
     V = 11
     logits = torch.randn(2, x.size(1), V, requires_grad=True)
     gather = lambda lg: lg.gather(1, s_pos[..., None].expand(-1, -1, V))
-    same = anchor_sft.distill_kl(gather(logits), gather(logits).detach(), mask)
+    same = distill_kl(gather(logits), gather(logits).detach(), mask)
     assert same.item() == pytest.approx(0.0, abs=1e-6)
     other = gather(logits).detach() + torch.randn(2, s_pos.size(1), V)
-    kl = anchor_sft.distill_kl(gather(logits), other, mask)
+    kl = distill_kl(gather(logits), other, mask)
     assert kl.item() > 0
     kl.backward()
     touched = logits.grad.abs().sum(-1) > 0
@@ -135,7 +135,7 @@ def test_prior_rows_positions_and_loss(tiny_data):
         expect[b, s_pos[b][mask[b]]] = True
     assert torch.equal(touched, expect)  # no gradient at the prompt, the opening line or the padding
 
-    stream, spans, found = anchor_sft.load_prior(tiny_data, special, rows, 256, True, 0, opening_weight=0.0)
+    stream, spans, found = load_prior(tiny_data, special, rows, 256, True, 0, opening_weight=0.0)
     assert found == opening and torch.equal(torch.from_numpy(stream.astype('int64')),
                                             torch.from_numpy(token_stream(tiny_data, 'annotated', 'train', 1)
                                                              .astype('int64')))
@@ -145,7 +145,7 @@ def test_prior_rows_positions_and_loss(tiny_data):
     # only annotations whose prior row fits in block_size after the longest prompt
     head = max(annotation_span(ids, special)[0] + 1 for ids, _ in rows)
     room = int(sorted(spans[:, 1] - spans[:, 0])[len(spans) // 2])  # the median annotation's length
-    short = anchor_sft.load_prior(tiny_data, special, rows, head + room + 1 + len(opening), True, 0, 0.0)[1]
+    short = load_prior(tiny_data, special, rows, head + room + 1 + len(opening), True, 0, 0.0)[1]
     assert 0 < len(short) < len(spans) and (short[:, 1] - short[:, 0]).max() == room
 
 
@@ -158,12 +158,13 @@ def test_replay_rows_and_their_loss(tiny_data):
     import numpy as np
     import anchor_sft
     from formats import annotation_span
+    from prior import load_prior, prior_distill_loss
     meta = load_meta(tiny_data)
     enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
     rows = [sft_example(enc, special, p, 'Sure!\nA poem.', z)
             for p, z in (('Hi there.', 'topic:Arts entity:Mona_Lisa'), ('Hi.', 'topic:Sport'), ('Yo.', 'topic:Arts'))]
     stream = np.arange(1000, dtype=np.uint16) % 97 + 5
-    prior = anchor_sft.load_prior(tiny_data, special, rows, 256, True, 0, opening_weight=0.5)
+    prior = load_prior(tiny_data, special, rows, 256, True, 0, opening_weight=0.5)
     plain = anchor_sft.make_get_batch(rows, 'cpu', special, 3, 1, prior, annotated=True)
     mixed = anchor_sft.make_get_batch(rows, 'cpu', special, 3, 1, prior, anchor_sft.Replay(stream, 2, False),
                                       annotated=True)
@@ -185,7 +186,7 @@ def test_replay_rows_and_their_loss(tiny_data):
 
     def model(inp, targets=None, all_logits=False, targets_only=False):
         return table[inp], ce(table[inp], targets) if targets is not None else None
-    loss = anchor_sft.prior_distill_loss(model, (x, y, *d), teacher=model, weight=1.0, opening_weight=0.5)
+    loss = prior_distill_loss(model, (x, y, *d), teacher=model, weight=1.0, opening_weight=0.5)
     assert loss.item() == pytest.approx(model(x, y)[1].item() + 0.5 * ce(table[d[0]], d[1]).item(), abs=1e-5)
 
 
@@ -307,16 +308,15 @@ def test_plain_prior_rows_are_the_counterpart(tiny_data):
     that the teacher (the plain pretrained model reading <|bos|> and the document) predicts it at;
     as many distilled positions as an annotated prior row has (its annotation and <|text|>)."""
     import numpy as np
-    import anchor_sft
     from formats import ASSISTANT, BOS, encode, token_stream
+    from prior import annotation_spans, load_prior, prior_rows, sft_opening
     meta = load_meta(tiny_data)
     enc, special = load_tokenizer(tiny_data, meta), meta['special_tokens']
     rows = [sft_example(enc, special, 'Hi there.', 'Sure!\nA poem.'), sft_example(enc, special, 'Hi.', 'Sure!\nOk.')]
-    opening = anchor_sft.sft_opening(rows, special)
+    opening = sft_opening(rows, special)
     assert enc.decode(opening).startswith('Sure!')
     docs = [encode(enc, 'The river flows'), encode(enc, 'Rome')]
-    x, y, t_in, t_pos, s_pos, mask = anchor_sft.prior_rows([ids for ids, _ in rows], docs, special, opening,
-                                                           annotated=False)
+    x, y, t_in, t_pos, s_pos, mask = prior_rows([ids for ids, _ in rows], docs, special, opening, annotated=False)
     for b, ((ids, _), d) in enumerate(zip(rows, docs)):
         h = ids[:ids.index(special[ASSISTANT]) + 1]
         student = h + opening + d
@@ -327,11 +327,11 @@ def test_plain_prior_rows_are_the_counterpart(tiny_data):
         sp, tp = s_pos[b][mask[b]].tolist(), t_pos[b][mask[b]].tolist()
         assert [student[p + 1] for p in sp] == d == [t_in[b, p + 1].item() for p in tp]
     # the documents' openings, each as long as a random annotation's row, cut at the document's end
-    stream, spans, _ = anchor_sft.load_prior(tiny_data, special, rows, 256, False, 0, opening_weight=0.0)
+    stream, spans, _ = load_prior(tiny_data, special, rows, 256, False, 0, opening_weight=0.0)
     assert np.array_equal(stream, token_stream(tiny_data, 'plain', 'train', 1))
     assert all(stream[a - 1] == special[BOS] and special[BOS] not in stream[a:b] for a, b in spans)
     ann = token_stream(tiny_data, 'annotated', 'train', 1)
-    longest = int(np.diff(anchor_sft.annotation_spans(ann, special), axis=1).max()) + 1
+    longest = int(np.diff(annotation_spans(ann, special), axis=1).max()) + 1
     assert 0 < (spans[:, 1] - spans[:, 0]).max() <= longest
 
 
