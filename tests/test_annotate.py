@@ -89,9 +89,9 @@ def test_shaping_exclusion_and_annotation_tokens(tmp_path):
 def test_balance_docs_evens_out_pretraining_and_the_judge(tmp_path):
     """balance_docs: at most that many documents of each topic among the judge's and the pretraining
     documents, a random draw; the SFT slice is drawn first and stays what it is without it."""
-    import annotate
+    from splits import cap_per_value
     values = ['a', 'a', 'b', None, 'a', 'b', 'a']
-    assert annotate.cap_per_value(np.array([6, 0, 3, 2, 1, 5, 4]), values, 2).tolist() == [6, 0, 3, 2, 5]
+    assert cap_per_value(np.array([6, 0, 3, 2, 1, 5, 4]), values, 2).tolist() == [6, 0, 3, 2, 5]
     corpus = make_corpus(tmp_path / 'c.jsonl', n_docs=60)
     run('annotate.py', *annotate_args(corpus, tmp_path), '--heldout_docs=6', '--name=even', '--balance_docs=6')
     run('annotate.py', *annotate_args(corpus, tmp_path), '--heldout_docs=6', '--name=all')
