@@ -7,6 +7,11 @@ import sys
 
 import pytest
 
+# two xdist workers on two cores, each starting stage scripts (some under torchrun with 2 ranks):
+# with torch's default of a thread per core they oversubscribe the cores, and the tiny models gain
+# nothing from a second thread; one thread per process, for the tests and every process they start
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPIC_WORDS = {
     'Arts': 'painting music sculpture artist gallery opera poem canvas melody theatre',
