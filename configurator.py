@@ -11,10 +11,10 @@ exec() trick this is a function, so mistakes end in one clear line instead of a 
 key, missing config file, value of the wrong type. An int is accepted where a float is expected, and
 a value may itself contain '=' (only the first one splits).
 
-Usage at the end of a script's config block:
+Usage at the end of a script's config block (config: the final values, e.g. for checkpoints):
 
     from configurator import configure
-    config = configure(globals())   # dict of the final config values, e.g. for checkpoints
+    config = configure(globals())
 """
 import ast
 import os
