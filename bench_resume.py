@@ -115,9 +115,9 @@ def compare(ref_root, root):
         rep.pop('study')
         figures.append(json.dumps(rep, sort_keys=True).replace(r, 'ROOT'))
     same_samples, n = True, 0
-    for dirpath, _, files in os.walk(os.path.join(ref_root, 'samples')):
+    for dirpath, _, files in os.walk(os.path.join(root, 'samples')):  # (the reference may hold more arms)
         for f in files:
-            rel = os.path.relpath(os.path.join(dirpath, f), ref_root)
+            rel = os.path.relpath(os.path.join(dirpath, f), root)
             with open(os.path.join(ref_root, rel), 'rb') as x, open(os.path.join(root, rel), 'rb') as y:
                 same_samples &= x.read() == y.read()
             n += 1
@@ -152,8 +152,8 @@ def main():
     cuts = [c for k in kills for c in k['cut']]
     print(f"\n{len(kills)} kills, {len(cuts)} training stages cut; the study took {wall:.0f}s "
           f"(uninterrupted: {ref['wall_seconds']}s)")
-    print(f"report figures equal the uninterrupted study's: {same_report}; samples byte-identical: "
-          f"{same_samples} ({n} files)")
+    print(f"samples byte-identical to the uninterrupted study's: {same_samples} ({n} files); report figures "
+          f"equal: {same_report} (meaningful where the reference's report came from this code)")
     print("\n| stage | into the stage (s) | lost: since its last checkpoint (s) | lost before: the whole stage so far (s) |")
     print("|---|---|---|---|")
     for c in cuts:
