@@ -113,7 +113,13 @@ class Stages:
         self.stamps = read_json(self.path) if os.path.isfile(self.path) and not force else {}
         self.started = read_json(self.started_path) if os.path.isfile(self.started_path) and not force else {}
         self.configs = digest(*(file_digest(f) for f in self.config_files))
-        self.times, self.resumed = {}, {}
+        self.times, self.resumed, self.code = {}, {}, {}
+
+    def code_digests(self, script):
+        """The hashes of a script's code_files, read once per script (a study runs it in dozens of stages)."""
+        if script not in self.code:
+            self.code[script] = [file_digest(os.path.join(HERE, f)) for f in code_files(script)]
+        return self.code[script]
 
     def command(self, st):
         """The command line of a stage: under torchrun for a training stage with nproc > 1, with its
@@ -135,8 +141,7 @@ class Stages:
         todo, stamps = [], {}
         for st in stages:
             cmd = self.command(st)
-            stamps[st.name] = digest(json.dumps(cmd[1:]), self.configs,
-                                     *(file_digest(os.path.join(HERE, f)) for f in code_files(st.script)),
+            stamps[st.name] = digest(json.dumps(cmd[1:]), self.configs, *self.code_digests(st.script),
                                      *(stamps.get(d, self.stamps.get(d, '')) for d in st.deps))
             if self.stamps.get(st.name) == stamps[st.name] and all(os.path.exists(o) for o in st.outputs):
                 print(f"[{st.name}] up to date, skipped")
