@@ -17,6 +17,7 @@ Usage at the end of a script's config block (config: the final values, e.g. for 
     config = configure(globals())
 """
 import ast
+import functools
 import os
 import sys
 
@@ -36,6 +37,7 @@ STAGES = ('annotate.py', 'pretrain.py', 'anchor_sft.py', 'sample.py', 'diversity
           'bench_resume.py', 'study.py')
 
 
+@functools.cache  # (parsing the nine scripts takes ~30 ms: once per process, not once per key)
 def stage_keys():
     """Config keys of every stage script, read from their top-level assignments (not executed)."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -46,7 +48,7 @@ def stage_keys():
             for node in ast.parse(open(path).read()).body:
                 if isinstance(node, ast.Assign):
                     keys.update(t.id for t in node.targets if isinstance(t, ast.Name))
-    return keys
+    return frozenset(keys)
 
 
 def coerce(key, value, default):
