@@ -145,10 +145,11 @@ class Sampling:
 class Study:
     """The stages of one study under root (a scaling size has its own root and stage-name tag)."""
 
-    def __init__(self, root, data_dir, rdir, seeds, sampling, tag='', pretrain_args=()):
+    def __init__(self, root, data_dir, rdir, seeds, sampling, tag='', pretrain_args=(), embed_beside=True):
         self.root, self.data_dir, self.rdir, self.tag = root, data_dir, rdir, tag
         self.seeds, self.sampling = seeds, sampling
         self.pretrain_args = list(pretrain_args)
+        self.embed_beside = embed_beside  # False: no embed stages (nothing would run beside them)
         self.stages, self.samples = {}, []  # samples: (arm, path, stage) in replicate order
         self.embedded = 0  # samples[:embedded] have an embed stage
 
@@ -197,9 +198,11 @@ class Study:
 
     def embed(self, group):
         """A stage that embeds the samples written since the last one into the report's cache, so
-        that the sentence embedder runs beside the training of other seeds, not after all of it."""
+        that the sentence embedder runs beside the training of other seeds, not after all of it. One
+        stage at a time (jobs 1), such a stage would only load the embedder once more (~8 s on a laptop
+        CPU): then the report stage embeds every samples file, the same texts in the same batches."""
         todo, self.embedded = self.samples[self.embedded:], len(self.samples)
-        if todo:
+        if todo and self.embed_beside:
             self.add(Stage(f'{self.tag}embed/{group}', 'diversity.py',
                            [f"--samples={','.join(f'{a}={p}' for a, p, _ in todo)}", f'--data_dir={self.data_dir}',
                             f'--out_dir={self.rdir}', '--embed_only=True'], [], [st for _, _, st in todo],
@@ -338,7 +341,7 @@ def run_sizes(runner, sizes, out_root, data_dir, rdir, seeds, sampling):
     for spec in sizes.split(';'):
         size, _, args = (x.strip() for x in spec.partition(':'))
         study = Study(os.path.join(out_root, size), data_dir, os.path.join(out_root, size, 'report'), seeds, sampling,
-                      f'{size}/', args.split())
+                      f'{size}/', args.split(), embed_beside=runner.jobs > 1)
         anchored, controls = scaling_study(study)
         study.report(anchored, controls)
         runner.run(list(study.stages.values()))
@@ -395,7 +398,7 @@ def run_study(runner, config, config_files, temps, ks, rdir):
                                 config['sweep_docs'])
     if config['sizes']:
         return run_sizes(runner, config['sizes'], config['out_root'], data_dir, rdir, seeds, sampling)
-    study = Study(config['out_root'], data_dir, rdir, seeds, sampling)
+    study = Study(config['out_root'], data_dir, rdir, seeds, sampling, embed_beside=runner.jobs > 1)
     if ks:
         entropy_study(study, ks, topics, config['sweep_rows'])
         k2 = 2 if 2 in ks else ks[0]  # the k=2 pair stands for sft/anchored in the headline

@@ -105,8 +105,8 @@ def test_study_end_to_end_and_rerun_skips(tmp_path):
     r2 = run('study.py', *args, timeout=600)
     assert 'ran: nothing (all up to date)' in r2.stdout
     # annotate, 2 pretrainings, 6 SFTs a seed, 1 ablation SFT, 9 samplings a seed, 2 ablation samplings,
-    # an embed stage a seed, the report
-    assert r2.stdout.count('up to date, skipped') == 1 + 2 + 2 * 6 + 1 + 2 * 9 + 2 + 2 + 1
+    # the report (one stage at a time: no embed stages, the report stage embeds every sample)
+    assert r2.stdout.count('up to date, skipped') == 1 + 2 + 2 * 6 + 1 + 2 * 9 + 2 + 1
     assert json.load(open(out / 'seed1337' / 'anchored-plain' / 'sft_set.json'))['rows'] > 0
 
 
@@ -141,6 +141,11 @@ def test_study_graph_the_arms_and_their_recipes(tmp_path):
     study.main_study(sub, [], arms='base,sft', decomposition=False, variants=[])
     assert sorted(n.split('/')[0] for n in sub.stages) == ['embed', 'embed', 'pretrain-plain', 'sample-base',
                                                            'sample-base', 'sample-sft', 'sample-sft', 'sft', 'sft']
+    # one stage at a time (jobs 1) nothing runs beside an embed stage: the report stage embeds
+    alone = study.Study(str(tmp_path / 'out'), str(tmp_path / 'data'), str(tmp_path / 'report'), seeds, sampling,
+                        embed_beside=False)
+    study.main_study(alone, [], arms='base,sft', decomposition=False, variants=[])
+    assert set(alone.stages) == set(sub.stages) - {'embed/seed1337', 'embed/seed1338'}
 
 
 @pytest.mark.slow
