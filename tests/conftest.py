@@ -1,9 +1,15 @@
-"""Shared fixtures: a tiny corpus made in the test, and the data dir annotate.py builds from it."""
+"""Shared fixtures: a tiny corpus made in the test, and the data dir annotate.py builds from it; run(),
+which runs a stage script as a user would."""
+import atexit
+import functools
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 
 import pytest
 
@@ -19,13 +25,16 @@ TOPIC_WORDS = {
     'Geography': 'river mountain city country valley desert island coast lake border',
     'Sport': 'football tennis stadium player coach league medal race goal team',
 }
+# the stage scripts whose heavy imports (torch, datasets) tests/forkserver.py makes once: run() forks them from it
+FORKED = ('pretrain.py', 'anchor_sft.py', 'sample.py', 'annotate.py', 'diversity.py')
 # tiny runs of every stage: small model, few iterations, no progress bars
 TINY_MODEL = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=128', '--batch_size=4',
               '--progress=False', '--log_interval=1', '--device=cpu']
 
 
 def pytest_collection_modifyitems(items):
-    """The slow tests first (a stable sort): the longest jobs start at once instead of last."""
+    """The slow tests first (a stable sort): the longest jobs start at once, on both workers, instead
+    of last on one."""
     items.sort(key=lambda item: item.get_closest_marker('slow') is None)
 
 
@@ -44,10 +53,55 @@ def make_corpus(path, n_docs=80, seed=0):
     return path
 
 
-def run(script, *args, check=True, **kw):
-    """Run a stage script as a user would; return the CompletedProcess."""
-    r = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
-                       capture_output=True, text=True, **kw)
+class ForkServer:
+    """The client of tests/forkserver.py: a process of its own per test process, started on first use."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'forkserver.py')], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        atexit.register(self.proc.stdin.close)  # (its loop ends at the end of its input)
+
+    def reply(self, key):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f'tests/forkserver.py ended (exit code {self.proc.wait()})')
+        return json.loads(line)[key]
+
+    def run(self, argv, env, timeout):
+        """subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)"""
+        with tempfile.TemporaryDirectory() as d:
+            out, err = os.path.join(d, 'stdout'), os.path.join(d, 'stderr')
+            self.proc.stdin.write(json.dumps(dict(argv=argv[1:], cwd=ROOT, env=env, stdout=out, stderr=err)) + '\n')
+            self.proc.stdin.flush()
+            pid = self.reply('pid')
+            timer = threading.Timer(timeout, os.kill, (pid, signal.SIGKILL)) if timeout else None
+            if timer:
+                timer.start()
+            code = self.reply('returncode')
+            expired = timer and not timer.is_alive() and code == -signal.SIGKILL
+            if timer:
+                timer.cancel()
+            with open(out) as f_out, open(err) as f_err:
+                r = subprocess.CompletedProcess(argv, code, f_out.read(), f_err.read())
+        if expired:
+            raise subprocess.TimeoutExpired(argv, timeout, r.stdout, r.stderr)
+        return r
+
+
+@functools.cache
+def fork_server():
+    return ForkServer()
+
+
+def run(script, *args, check=True, fresh=False, env=None, timeout=None):
+    """Run a stage script as a user would; return the CompletedProcess. The scripts in FORKED run
+    forked from tests/forkserver.py (its docstring says what that saves, and what it cannot give:
+    fresh=True runs a fresh process, as a determinism check must for one of the runs it compares)."""
+    argv = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
+    if fresh or os.path.basename(script) not in FORKED:
+        r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout)
+    else:
+        r = fork_server().run(argv, dict(os.environ if env is None else env), timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"{script} failed:\n{r.stdout}\n{r.stderr}")
     return r
@@ -64,7 +118,7 @@ def tiny_data(tmp_path_factory):
     """A data dir built by annotate.py from a tiny corpus (once per test session)."""
     root = tmp_path_factory.mktemp('data')
     corpus = make_corpus(root / 'corpus.jsonl')
-    run('annotate.py', *annotate_args(corpus, root))
+    run('annotate.py', *annotate_args(corpus, root), fresh=True)  # (tests compare their runs' data with it)
     return str(root / 'tiny')
 
 

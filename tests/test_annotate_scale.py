@@ -13,7 +13,6 @@ import pytest
 from annotators import Keywords, make_annotator
 from conftest import ROOT, annotate_args, make_corpus, run, snapshot
 
-pytestmark = pytest.mark.xdist_group('annotate_scale')  # its module fixture is built once
 
 
 def outputs(ddir):
@@ -34,7 +33,7 @@ def blocks_data(tiny_data, tmp_path_factory):
     corpus = os.path.join(os.path.dirname(tiny_data), 'corpus.jsonl')
     root = tmp_path_factory.mktemp('blocks')
     args = [*annotate_args(corpus, root), '--num_proc=2', '--map_block_docs=25']
-    run('annotate.py', *args)
+    run('annotate.py', *args, fresh=True)  # (tests compare their runs' data with it)
     return str(root / 'tiny'), args
 
 
@@ -87,7 +86,7 @@ def test_sample_bounds(tmp_path):
     args = [*annotate_args(corpus, tmp_path), '--annotator=keywords', '--sft_key=keyword', '--sft_values=',
             '--heldout_docs=4']
     run('annotate.py', *args, '--name=full')
-    run('annotate.py', *args, '--name=above', '--annotator_docs=40', '--tokenizer_docs=1000')
+    run('annotate.py', *args, '--name=above', '--annotator_docs=40', '--tokenizer_docs=1000', fresh=True)
     run('annotate.py', *args, '--name=bounded', '--annotator_docs=3', '--tokenizer_docs=2')
     full, above, bounded = (outputs(tmp_path / n) for n in ('full', 'above', 'bounded'))
     assert above == full

@@ -13,7 +13,6 @@ from annotators import cluster_names, make_annotator, parse_answer, parse_labels
 from common import UserError
 from conftest import TOPIC_WORDS
 
-pytestmark = pytest.mark.xdist_group('annotators')  # its module fixture is built once
 
 KEYS = ['topic', 'domain', 'entity', 'action', 'location', 'time', 'sentiment', 'style']
 LABELS = ('Arts: painting, music, sculpture; Science: physics, chemistry, atom; '

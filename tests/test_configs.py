@@ -11,7 +11,6 @@ import pytest
 
 from conftest import ROOT, TOPIC_WORDS, run
 
-pytestmark = pytest.mark.xdist_group('configs')  # its module fixture is built once
 
 SHRINK = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=256', '--batch_size=2',
           '--gradient_accumulation_steps=2', '--max_iters=2', '--eval_interval=2', '--eval_iters=1',

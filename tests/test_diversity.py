@@ -5,11 +5,12 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from conftest import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -19,7 +20,6 @@ import metrics as dv  # noqa: E402
 import numfmt  # noqa: E402
 import plots  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group('diversity')  # its module fixture is built once
 
 OPENING = 'Here is a short article for you.'
 WORDS = {
@@ -235,10 +235,9 @@ def write_samples(path, topics_per_prompt, annotated, opening=True, prompts=('p1
     return path
 
 
-def run(tmp_path, data_dir, samples, *extra):
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'diversity.py'), f'--samples={samples}',
-                           f'--data_dir={data_dir}', f'--out_dir={tmp_path / "report"}', *extra],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+def report(tmp_path, data_dir, samples, *extra):
+    return run('diversity.py', f'--samples={samples}', f'--data_dir={data_dir}', f'--out_dir={tmp_path / "report"}',
+               *extra, check=False, timeout=120)
 
 
 def assert_one_line_error(r, words):
@@ -254,7 +253,7 @@ def test_missing_field(tmp_path, data_dir):
     del rows[2]['text']
     bad = tmp_path / 'b.jsonl'
     bad.write_text(''.join(json.dumps(r) + '\n' for r in rows))
-    r = run(tmp_path, data_dir, f'base={good},sft={bad}')
+    r = report(tmp_path, data_dir, f'base={good},sft={bad}')
     assert_one_line_error(r, "no field 'text'")
     assert not (tmp_path / 'report').exists()
 
@@ -262,18 +261,18 @@ def test_missing_field(tmp_path, data_dir):
 def test_empty_file(tmp_path, data_dir):
     good = write_samples(tmp_path / 'a.jsonl', ['Cooking', 'Football'], False)
     (tmp_path / 'empty.jsonl').write_text('')
-    assert_one_line_error(run(tmp_path, data_dir, f'base={good},sft={tmp_path / "empty.jsonl"}'), 'empty')
+    assert_one_line_error(report(tmp_path, data_dir, f'base={good},sft={tmp_path / "empty.jsonl"}'), 'empty')
 
 
 def test_different_prompt_sets(tmp_path, data_dir):
     a = write_samples(tmp_path / 'a.jsonl', ['Cooking', 'Football'], False)
     b = write_samples(tmp_path / 'b.jsonl', ['Cooking', 'Football'], False, prompts=('p1', 'p2', 'p9'))
-    assert_one_line_error(run(tmp_path, data_dir, f'base={a},sft={b}'), 'different prompt ids')
+    assert_one_line_error(report(tmp_path, data_dir, f'base={a},sft={b}'), 'different prompt ids')
 
 
 def test_bad_samples_spec(tmp_path, data_dir):
-    assert_one_line_error(run(tmp_path, data_dir, 'out/x.jsonl'), 'arm=path')
-    assert_one_line_error(run(tmp_path, data_dir, f'base={tmp_path}/nope.jsonl'), 'not found')
+    assert_one_line_error(report(tmp_path, data_dir, 'out/x.jsonl'), 'arm=path')
+    assert_one_line_error(report(tmp_path, data_dir, f'base={tmp_path}/nope.jsonl'), 'not found')
 
 
 def test_end_to_end(tmp_path, data_dir):
@@ -289,7 +288,7 @@ def test_end_to_end(tmp_path, data_dir):
         r['text'] = r['text'].replace('\n', '\ntopic:Football ', 1)
     noann.write_text(''.join(json.dumps(r) + '\n' for r in rows))
     # sft and anchored have two replicates (seeds), base one
-    r = run(tmp_path, data_dir, f'base={base},sft={sft},sft={sft2},anchored={anch},anchored={anch},sft@t0.8={t08},'
+    r = report(tmp_path, data_dir, f'base={base},sft={sft},sft={sft2},anchored={anch},anchored={anch},sft@t0.8={t08},'
             f'anchored-noann={noann}', '--bootstrap=200', '--control_arms=sft',
             '--ladder=sft,sft-x;anchored,anchored-x')
     assert r.returncode == 0, r.stderr
@@ -359,13 +358,13 @@ def test_embed_only_fills_the_cache_the_report_reads(tmp_path, data_dir):
     topics = list(WORDS)
     base = write_samples(tmp_path / 'base.jsonl', [topics[i % 3] for i in range(4)], False, opening=False)
     sft = write_samples(tmp_path / 'sft.jsonl', ['Cooking'] * 4, False)
-    r = run(tmp_path, data_dir, f'base={base},sft={sft}', '--embed_only=True')
+    r = report(tmp_path, data_dir, f'base={base},sft={sft}', '--embed_only=True')
     assert r.returncode == 0, r.stderr
     out = tmp_path / 'report'
     cached = sorted(p.name for p in (out / 'cache').glob('samples-*.npy'))
     assert len(cached) == 2 and not (out / 'report.md').exists()
     before = {p: (out / 'cache' / p).stat().st_mtime_ns for p in cached}
-    r = run(tmp_path, data_dir, f'base={base},sft={sft}', '--bootstrap=20')
+    r = report(tmp_path, data_dir, f'base={base},sft={sft}', '--bootstrap=20')
     assert r.returncode == 0, r.stderr
     assert {p: (out / 'cache' / p).stat().st_mtime_ns for p in cached} == before  # read, not rewritten
     assert (out / 'report.md').exists()

@@ -9,7 +9,6 @@ import pytest
 
 from conftest import TINY_MODEL, annotate_args, make_corpus, one_error_line, run, snapshot
 
-pytestmark = pytest.mark.xdist_group('errors')  # its module fixture is built once
 
 PRE = ['--max_iters=2', '--eval_interval=2', '--eval_iters=1', *TINY_MODEL, '--block_size=256']
 SFT = ['--sft_iters=2', '--sft_eval_interval=2', '--sft_batch_size=2', '--progress=False',

@@ -61,7 +61,7 @@ def test_ddp_two_ranks_match_one_rank_with_double_accumulation(tiny_data, tmp_pa
 def test_resume_after_sigkill_ends_at_same_loss(tiny_data, tmp_path):
     common = [f'--data_dir={tiny_data}', '--max_iters=60', '--eval_interval=10', '--eval_iters=1',
               '--dropout=0.1', *TINY_MODEL]  # dropout: the torch RNG state must be restored too
-    run('pretrain.py', *common, f'--out_dir={tmp_path / "straight"}')
+    run('pretrain.py', *common, f'--out_dir={tmp_path / "straight"}', fresh=True)  # (the resumed run is forked)
     out = tmp_path / 'killed'
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'pretrain.py'), *common, f'--out_dir={out}'],
                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,7 +9,6 @@ import torch
 from conftest import TINY_MODEL, one_error_line, run
 from formats import ANN, IGNORE, TEXT, encode_annotation, load_meta, load_tokenizer, sft_example
 
-pytestmark = pytest.mark.xdist_group('sft_sample')  # its module fixture is built once
 
 SFT = ['--sft_iters=4', '--sft_eval_interval=2', '--sft_batch_size=4', '--progress=False', '--device=cpu',
        '--log_interval=1']
@@ -421,7 +420,8 @@ def test_sample_batched_equals_one_at_a_time(ckpts, tmp_path):
     args = [f'--ckpt_dir={ckpts / "anchor"}', '--num_samples=2', '--max_new_tokens=16', '--temperature=0',
             '--progress=False', '--device=cpu']
     run('sample.py', *args, '--sample_batch_size=24', f'--out={tmp_path / "a.jsonl"}')
-    run('sample.py', *args, '--sample_batch_size=1', '--use_cache=False', f'--out={tmp_path / "b.jsonl"}')
+    # (one of the two a fresh process: tests/forkserver.py's children share a hash seed)
+    run('sample.py', *args, '--sample_batch_size=1', '--use_cache=False', f'--out={tmp_path / "b.jsonl"}', fresh=True)
     a = samples(tmp_path / 'a.jsonl')
     assert a == samples(tmp_path / 'b.jsonl')
     assert len({len(r['prompt']) for r in a[:24]}) > 1  # a batch really held prompts of different lengths
@@ -437,7 +437,7 @@ def test_sample_budget_is_the_same_for_every_row(ckpts, tmp_path):
             '--temperature=0', '--progress=False', '--device=cpu']
     r = run('sample.py', *args, '--sample_batch_size=64', f'--out={tmp_path / "a.jsonl"}')
     assert 'every sample gets' in r.stdout
-    run('sample.py', *args, '--sample_batch_size=1', f'--out={tmp_path / "b.jsonl"}')
+    run('sample.py', *args, '--sample_batch_size=1', f'--out={tmp_path / "b.jsonl"}', fresh=True)
     a = samples(tmp_path / 'a.jsonl')
     assert a == samples(tmp_path / 'b.jsonl')
     assert any(not row['finished'] for row in a)  # some rows ran into the budget
