@@ -92,16 +92,17 @@ def check_device(device):
 
 def check_out_dir(path, what='output dir'):
     """Refuse an output dir that is a file or cannot be written (read-only, under /proc, ...)
-    before any work: create it if needed and write and remove a probe file in it."""
+    before any work: create it if needed and write a probe file in it."""
     if not path:
         raise UserError(f"{what} is empty")
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{what} {path} exists and is not a directory")
     try:
         os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix='.write-probe.')  # no '.tmp': clean_stale_temps skips it
-        os.close(fd)
-        os.remove(probe)
+        # an unnamed file (O_TMPFILE where the file system has it): a process killed while it holds
+        # the probe leaves nothing in the directory
+        with tempfile.TemporaryFile(dir=path):
+            pass
     except OSError as e:
         raise UserError(f"{what} {path} cannot be written ({e.strerror or type(e).__name__})")
 
