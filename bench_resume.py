@@ -60,9 +60,10 @@ class Watch:
                     self.done.add(m.group(1))
 
 
-def run_once(args, log, expected, killed, rng):
+def run_once(args, log, expected, killed, rng, window):
     """One run of the study; kills it at a random moment of the first training stage that starts
-    fresh and has not been a target yet. Returns the kill's record, or None if the study finished."""
+    fresh and has not been a target yet, window = (min_frac, max_frac) of the stage's expected time
+    into it. Returns the kill's record, or None if the study finished."""
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     watch = Watch(proc, log)
@@ -74,7 +75,7 @@ def run_once(args, log, expected, killed, rng):
                 fresh = [s for s in watch.started if s not in killed and s not in watch.resumed and s in expected]
                 if fresh:
                     target = fresh[0]
-                    at = watch.started[target] + rng.uniform(min_frac, max_frac) * expected[target]
+                    at = watch.started[target] + rng.uniform(*window) * expected[target]
             if target is not None and target in watch.done:  # it finished before its moment: the next one
                 killed.add(target)
                 target = None
@@ -132,7 +133,7 @@ def main():
     rng, killed, kills, t0 = random.Random(kill_seed), set(), [], time.time()
     trained = {}  # per stage: its time in training so far, over every attempt (a from-scratch rerun redoes it)
     with open(os.path.join(out_root, 'bench_resume.log'), 'w') as log:
-        while (k := run_once(args, log, expected, killed, rng)) is not None:
+        while (k := run_once(args, log, expected, killed, rng, (min_frac, max_frac))) is not None:
             killed.add(k['target'])
             kills.append(k)
             for c in k['cut']:
