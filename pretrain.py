@@ -153,8 +153,7 @@ def main():
     train(model, opt, get_batch, sampled_evals(get_batch, ('train', 'val'), eval_iters), env, state, extra,
           out_dir=out_dir, max_iters=max_iters, lr_at=lr_at, eval_interval=eval_interval, ckpt_interval=ckpt_interval,
           log_interval=log_interval, accum=gradient_accumulation_steps, grad_clip=grad_clip, seed=seed, dtype=dtype,
-          compile=compile,
-          peak_flops=peak_flops(env['device_type'], cpu_peak_flops), progress=progress,
+          compile=compile, peak_flops=peak_flops(env['device_type'], cpu_peak_flops), progress=progress,
           desc=f"pretrain {'annotated' if annotated else 'plain'}")
     if env['ddp']:
         torch.distributed.destroy_process_group()

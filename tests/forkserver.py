@@ -29,6 +29,7 @@ def child(req):
     """In the forked child: run `python argv...` and exit as it would; never returns."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
+    os.close(null)
     for fd, path in ((1, req['stdout']), (2, req['stderr'])):
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(f, fd)

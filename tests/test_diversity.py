@@ -3,16 +3,14 @@ inputs with known answers, the collapse arithmetic, the competence figures, bad 
 end-to-end run with the bundled all-MiniLM-L6-v2 (CPU, offline)."""
 import json
 import math
-import os
 import random
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import ROOT, run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import figures  # noqa: E402
 import judges  # noqa: E402
@@ -289,8 +287,8 @@ def test_end_to_end(tmp_path, data_dir):
     noann.write_text(''.join(json.dumps(r) + '\n' for r in rows))
     # sft and anchored have two replicates (seeds), base one
     r = report(tmp_path, data_dir, f'base={base},sft={sft},sft={sft2},anchored={anch},anchored={anch},sft@t0.8={t08},'
-            f'anchored-noann={noann}', '--bootstrap=200', '--control_arms=sft',
-            '--ladder=sft,sft-x;anchored,anchored-x')
+               f'anchored-noann={noann}', '--bootstrap=200', '--control_arms=sft',
+               '--ladder=sft,sft-x;anchored,anchored-x')
     assert r.returncode == 0, r.stderr
     out = tmp_path / 'report'
     md = (out / 'report.md').read_text()
